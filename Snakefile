@@ -1,0 +1,38 @@
+# RankE: policy (GRPO) + VQ-decoder co-evolution for discrete autoregressive text-to-image models.
+#
+#   snakemake --cores 2                                   the demo study (config.yaml)
+#   snakemake --profile slurm --configfile workflow/studies/llamagen_xl.yaml
+#
+# Data flows one way: COCO (or the demo world) -> tokens -> prompts -> samples -> rounds -> metrics -> report.
+
+from snakemake.utils import min_version
+
+min_version("9.20")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    method="|".join(METHODS),
+    round=r"\d+",
+    split="train|val",
+
+
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/tokenize.smk"
+include: "workflow/rules/prompts.smk"
+include: "workflow/rules/generate.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/score.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        report_outputs(),
+        demo_outputs(),
+    default_target: True

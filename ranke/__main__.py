@@ -1,0 +1,3 @@
+from ranke.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,314 @@
+"""MS-COCO 2014 caption layout: reading annotations and images, and the COCO-30K prompt protocol.
+
+Every stage that touches images reads them through this module, for real COCO and for the demo
+world alike (ranke.data.demo writes the same layout):
+
+    <root>/{train,val}2014/COCO_{split}2014_%012d.{jpg,png}
+    <root>/annotations/captions_{split}2014.json   {"info", "licenses", "images", "annotations"}
+
+Image preprocessing conventions (`load_image`):
+  * mode="crop_resize" (default): centre crop to the shorter side, then one PIL resize to
+    `size` x `size`. This is the GigaGAN / LlamaGen *evaluation* transform (long-edge centre crop +
+    LANCZOS to the eval resolution), used for FID references and CLIP scoring.
+  * mode="resize_crop": resize the shorter side to `size`, then centre crop. This is the upstream
+    RankE *ground-truth* transform for decoder training (bicubic), kept for fidelity.
+  For a square source (the demo) both give the same pixels. `resample` is "bicubic" or "lanczos".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import jsonschema
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, UnidentifiedImageError
+
+log = logging.getLogger("ranke.data.coco")
+
+SPLITS = ("train", "val")
+
+# The caption-annotation structure the reader relies on (extra keys are allowed, as in COCO).
+COCO_CAPTIONS_SCHEMA: dict = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "MS-COCO 2014 captions annotation file",
+    "type": "object",
+    "required": ["images", "annotations"],
+    "properties": {
+        "info": {"type": "object"},
+        "licenses": {"type": "array"},
+        "images": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["id", "file_name", "width", "height"],
+                "properties": {
+                    "id": {"type": "integer", "minimum": 0},
+                    "file_name": {"type": "string", "minLength": 1},
+                    "width": {"type": "integer", "minimum": 1},
+                    "height": {"type": "integer", "minimum": 1},
+                    "license": {"type": "integer"},
+                    "coco_url": {"type": "string"},
+                    "flickr_url": {"type": "string"},
+                    "date_captured": {"type": "string"},
+                },
+            },
+        },
+        "annotations": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["id", "image_id", "caption"],
+                "properties": {
+                    "id": {"type": "integer", "minimum": 0},
+                    "image_id": {"type": "integer", "minimum": 0},
+                    "caption": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+# The same schema without per-item checks: real COCO has ~600k items, which jsonschema would take
+# tens of seconds over; items are checked column-wise with pandas instead (same rules).
+_TOP_LEVEL_SCHEMA = {
+    **COCO_CAPTIONS_SCHEMA,
+    "properties": {
+        **COCO_CAPTIONS_SCHEMA["properties"],
+        "images": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+        "annotations": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+    },
+}
+
+
+class CocoFormatError(ValueError):
+    """An annotation file does not have the COCO caption structure."""
+
+
+class ImageReadError(OSError):
+    """An image file is missing or cannot be decoded (the message names the path)."""
+
+
+class CocoSplit(NamedTuple):
+    images: pd.DataFrame  # image_id, file_name, file (relative to root), width, height
+    captions: pd.DataFrame  # caption_id, image_id, caption, file (joined from images)
+
+
+def annotation_path(root: str | os.PathLike, split: str) -> Path:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return Path(root) / "annotations" / f"captions_{split}2014.json"
+
+
+def _check_columns(df: pd.DataFrame, what: str, ints: Sequence[str], strs: Sequence[str], path: Path) -> None:
+    for col in [*ints, *strs]:
+        if col not in df.columns or df[col].isna().any():
+            bad = int(df[col].isna().sum()) if col in df.columns else len(df)
+            raise CocoFormatError(f"{path}: {bad} {what} entries lack '{col}'")
+    for col in ints:
+        ok = df[col].map(lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0)
+        if not ok.all():
+            first = df.loc[~ok, col].iloc[0]
+            raise CocoFormatError(f"{path}: {what} '{col}' must be a non-negative integer, got {first!r}")
+    for col in strs:
+        ok = df[col].map(lambda v: isinstance(v, str))
+        if not ok.all():
+            first = df.loc[~ok, col].iloc[0]
+            raise CocoFormatError(f"{path}: {what} '{col}' must be a string, got {first!r}")
+
+
+def read_split(root: str | os.PathLike, split: str) -> CocoSplit:
+    """Read `captions_{split}2014.json` under `root`, validate it, and join captions to images.
+
+    Captions are stripped (COCO has trailing spaces/newlines); empty captions are dropped with a
+    warning. Images without any caption are kept in `images` (and absent from `captions`).
+    Rows are sorted by image_id / caption_id, so the result does not depend on the JSON order.
+    """
+    path = annotation_path(root, split)
+    if not path.exists():
+        raise FileNotFoundError(f"COCO caption annotations not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CocoFormatError(f"{path}: not valid JSON ({e})") from e
+    try:
+        jsonschema.validate(doc, _TOP_LEVEL_SCHEMA)
+    except jsonschema.ValidationError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "<top level>"
+        raise CocoFormatError(f"{path}: at {where}: {e.message}") from e
+
+    images = pd.DataFrame(doc["images"])
+    _check_columns(images, "images", ["id", "width", "height"], ["file_name"], path)
+    anns = pd.DataFrame(doc["annotations"])
+    _check_columns(anns, "annotations", ["id", "image_id"], ["caption"], path)
+
+    dup = images["id"][images["id"].duplicated()]
+    if len(dup):
+        raise CocoFormatError(f"{path}: duplicate image ids, e.g. {dup.iloc[0]}")
+    dup = anns["id"][anns["id"].duplicated()]
+    if len(dup):
+        raise CocoFormatError(f"{path}: duplicate annotation ids, e.g. {dup.iloc[0]}")
+    orphan = ~anns["image_id"].isin(images["id"])
+    if orphan.any():
+        raise CocoFormatError(
+            f"{path}: {int(orphan.sum())} annotations refer to image ids not in 'images', "
+            f"e.g. {anns.loc[orphan, 'image_id'].iloc[0]}"
+        )
+
+    images = pd.DataFrame({
+        "image_id": images["id"].astype("int64"),
+        "file_name": images["file_name"].astype(str),
+        "file": f"{split}2014/" + images["file_name"].astype(str),
+        "width": images["width"].astype("int64"),
+        "height": images["height"].astype("int64"),
+    }).sort_values("image_id", ignore_index=True)
+
+    captions = pd.DataFrame({
+        "caption_id": anns["id"].astype("int64"),
+        "image_id": anns["image_id"].astype("int64"),
+        "caption": anns["caption"].astype(str).str.strip(),
+    })
+    empty = captions["caption"] == ""
+    if empty.any():
+        log.warning("%s: dropping %d empty captions", path, int(empty.sum()))
+        captions = captions[~empty]
+    captions = captions.merge(images[["image_id", "file"]], on="image_id", how="left", validate="many_to_one")
+    captions = captions.sort_values("caption_id", ignore_index=True)
+    n_uncaptioned = int((~images["image_id"].isin(captions["image_id"])).sum())
+    if n_uncaptioned:
+        log.warning("%s: %d images have no caption", path, n_uncaptioned)
+    log.info("%s: %d images, %d captions", path, len(images), len(captions))
+    return CocoSplit(images=images, captions=captions)
+
+
+def captions_by_image(captions: pd.DataFrame) -> pd.DataFrame:
+    """One row per image: image_id, file, caption_ids (list, ascending), captions (same order)."""
+    c = captions.sort_values(["image_id", "caption_id"])
+    g = c.groupby("image_id", sort=True)
+    return pd.DataFrame({
+        "image_id": g["image_id"].first().to_numpy(),
+        "file": g["file"].first().to_numpy(),
+        "caption_ids": g["caption_id"].agg(list).to_list(),
+        "captions": g["caption"].agg(list).to_list(),
+    })
+
+
+# ----------------------------------------------------------------------------------------------
+# Images
+
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
+             "bilinear": Image.Resampling.BILINEAR}
+
+
+def preprocess_pil(img: Image.Image, size: int, resample: str = "bicubic", mode: str = "crop_resize") -> Image.Image:
+    """Square `size` x `size` RGB image (see the module docstring for the two modes)."""
+    if resample not in _RESAMPLE:
+        raise ValueError(f"resample must be one of {sorted(_RESAMPLE)}, got {resample!r}")
+    img = img.convert("RGB")
+    w, h = img.size
+    if mode == "crop_resize":
+        s = min(w, h)
+        left, top = (w - s) // 2, (h - s) // 2
+        img = img.crop((left, top, left + s, top + s))
+        if s != size:
+            img = img.resize((size, size), _RESAMPLE[resample])
+    elif mode == "resize_crop":
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        if (nw, nh) != (w, h):
+            img = img.resize((nw, nh), _RESAMPLE[resample])
+        left, top = (nw - size) // 2, (nh - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    else:
+        raise ValueError(f"mode must be 'crop_resize' or 'resize_crop', got {mode!r}")
+    return img
+
+
+def load_image(path: str | os.PathLike, size: int, resample: str = "bicubic", mode: str = "crop_resize") -> torch.Tensor:
+    """uint8 tensor (3, size, size). Raises ImageReadError naming `path` if missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()  # force decoding here, so a truncated file fails now with its name
+            img = img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"cannot decode image {path}: {e}") from e
+    out = preprocess_pil(img, size, resample, mode)
+    arr = np.asarray(out, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., 3, H, W) -> float in [-1, 1] (the convention between modules)."""
+    return images_uint8.float().div(127.5).sub(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8 (rounded, clamped)."""
+    return images.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+
+
+class CocoImages(torch.utils.data.Dataset):
+    """Images of a split as uint8 tensors, for a DataLoader: item i -> (i, (3, size, size) uint8)."""
+
+    def __init__(self, root: str | os.PathLike, files: Sequence[str], size: int,
+                 resample: str = "bicubic", mode: str = "crop_resize"):
+        self.root = Path(root)
+        self.files = list(files)
+        self.size, self.resample, self.mode = size, resample, mode
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
+        return i, load_image(self.root / self.files[i], self.size, self.resample, self.mode)
+
+
+def load_images(root: str | os.PathLike, files: Sequence[str], size: int, resample: str = "bicubic",
+                mode: str = "crop_resize") -> torch.Tensor:
+    """All `files` (relative to root) as one uint8 tensor (N, 3, size, size); small splits only."""
+    ds = CocoImages(root, files, size, resample, mode)
+    if len(ds) == 0:
+        return torch.empty(0, 3, size, size, dtype=torch.uint8)
+    return torch.stack([ds[i][1] for i in range(len(ds))])
+
+
+# ----------------------------------------------------------------------------------------------
+# COCO-30K protocol
+
+
+def coco30k_prompts(captions: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """The evaluation prompt set: `n` distinct images drawn with a fixed seed, one caption each.
+
+    Returns DataFrame(prompt_id, image_id, caption_id, caption), prompt_id = 0..n-1 in draw order.
+    Depends only on (the set of captions, n, seed), not on row order. If `n` exceeds the number of
+    captioned images the draw cycles: pass k uses a fresh permutation of all images and a fresh
+    caption choice, so images repeat (with possibly different captions) only after all were used.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if len(captions) == 0:
+        raise ValueError("no captions to draw prompts from")
+    c = captions.sort_values(["image_id", "caption_id"], ignore_index=True)
+    groups = c.groupby("image_id", sort=True).indices  # image_id -> row positions (ascending caption_id)
+    image_ids = np.array(sorted(groups))
+    rng = np.random.default_rng(seed)
+    rows: list[int] = []
+    while len(rows) < n:
+        order = rng.permutation(len(image_ids))[: n - len(rows)]
+        for k in order:
+            options = groups[image_ids[k]]
+            rows.append(int(options[rng.integers(len(options))]))
+    out = c.loc[rows, ["image_id", "caption_id", "caption"]].reset_index(drop=True)
+    out.insert(0, "prompt_id", np.arange(n, dtype=np.int64))
+    return out.astype({"image_id": "int64", "caption_id": "int64"})

@@ -1,0 +1,206 @@
+"""Reference FID statistics of the real images, computed once per (dataset, subset, resolution, extractor).
+
+`python -m ranke fid-reference --config-json '<json>' --out resources/fid/<key>.pt`
+
+Real images: the COCO-layout split of config score.fid_reference (default: the val split; real
+studies: COCO val2014), each centre-cropped to its shorter side and LANCZOS-resized to the
+generation resolution (config image_size) — the GigaGAN/LlamaGen evaluation transform — either
+all images or a fixed-seed random subset of n. Features come from the torch-fidelity extractor of
+config assets.fid (ranke.metrics.fid).
+
+The output file name is `reference_cache_key(...)` + ".pt" (the workflow builds it from the config),
+so a change of dataset, subset, resolution or extractor gives a new file; the file also carries its
+metadata (with the extractor weights' sha256), and both this stage and the score stage refuse to use
+a file whose metadata disagrees with what is asked. Re-running with matching metadata reuses the
+file without reading any image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ranke.io import save_torch, sha256_file
+from ranke.runtime import log_environment, parse_config_json, resolve_device, setup_logging
+
+log = logging.getLogger("ranke.fid_reference")
+
+# metadata fields that must agree between a cached file and the request
+MATCH_FIELDS = ("dataset_root", "split", "subset_n", "subset_seed", "resolution", "extractor", "weights_sha256")
+
+
+class ReferenceMismatchError(ValueError):
+    """A reference-statistics file was computed for other settings than the ones asked for."""
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", text).strip("-") or "x"
+
+
+def reference_cache_key(coco_root: str | os.PathLike, split: str, n: int, seed: int, image_size: int,
+                        extractor: str) -> str:
+    """File stem encoding dataset, subset, resolution and extractor, e.g.
+    `coco-3f2a9c1d_val_all_256px_inception-v3-compat` or `coco-3f2a9c1d_val_n30000-seed0_256px_...`.
+
+    The dataset part is the root's folder name plus a short hash of the normalised root path, so two
+    datasets that share a folder name do not share a cache entry.
+    """
+    root = os.path.normpath(str(coco_root))
+    tag = f"{_slug(Path(root).name)}-{hashlib.sha1(root.encode()).hexdigest()[:8]}"
+    subset = "all" if not n else f"n{int(n)}-seed{int(seed)}"
+    return f"{tag}_{_slug(split)}_{subset}_{int(image_size)}px_{_slug(extractor)}"
+
+
+def reference_settings(cfg: dict) -> dict:
+    """What the reference depends on, from the (partial) config: assets.coco_root, assets.fid,
+    image_size and the optional score.fid_reference {split, n, seed}."""
+    ref = (cfg.get("score") or {}).get("fid_reference") or {}
+    n = int(ref.get("n") or 0)
+    return {
+        "dataset_root": os.path.normpath(str(cfg["assets"]["coco_root"])),
+        "split": ref.get("split", "val"),
+        "subset_n": n,
+        "subset_seed": int(ref.get("seed", 0)) if n else None,
+        "resolution": int(cfg["image_size"]),
+        "extractor": cfg["assets"]["fid"]["extractor"],
+        "weights": cfg["assets"]["fid"].get("weights"),
+    }
+
+
+def reference_key_from_config(cfg: dict) -> str:
+    s = reference_settings(cfg)
+    return reference_cache_key(s["dataset_root"], s["split"], s["subset_n"], s["subset_seed"] or 0,
+                               s["resolution"], s["extractor"])
+
+
+def expected_metadata(cfg: dict) -> dict:
+    """The request's metadata (MATCH_FIELDS + key); hashes the extractor weights file if any."""
+    s = reference_settings(cfg)
+    w = s["weights"]
+    if w is not None and not Path(w).is_file():
+        raise FileNotFoundError(f"assets.fid.weights: {w} not found (FID feature extractor '{s['extractor']}')")
+    return {**s, "weights_sha256": sha256_file(w) if w is not None else None, "key": reference_key_from_config(cfg)}
+
+
+def check_metadata(meta: dict, expected: dict, path) -> None:
+    diffs = [f"{k}: file has {meta.get(k)!r}, asked {expected.get(k)!r}" for k in MATCH_FIELDS
+             if meta.get(k) != expected.get(k)]
+    if diffs:
+        raise ReferenceMismatchError(
+            f"{path}: reference FID statistics were computed for other settings ({'; '.join(diffs)}); "
+            "delete the file or rerun `python -m ranke fid-reference` for the current config"
+        )
+
+
+def load_reference(path: str | os.PathLike, expected: dict | None = None) -> dict:
+    """{"mu", "sigma" (float64 numpy), "meta"}; refuses a file whose metadata disagrees with `expected`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"reference FID statistics not found: {path} (run `python -m ranke fid-reference`)")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict) or not {"mu", "sigma", "meta"} <= set(obj):
+        raise ReferenceMismatchError(f"{path}: not a ranke reference-statistics file (keys mu, sigma, meta)")
+    if expected is not None:
+        check_metadata(obj["meta"], expected, path)
+    return {"mu": obj["mu"].double().numpy(), "sigma": obj["sigma"].double().numpy(), "meta": obj["meta"]}
+
+
+def select_images(root, split: str, n: int, seed: int | None) -> list[str]:
+    """Files (relative to root) of all images of the split, or a fixed-seed subset of n (sorted by image id)."""
+    from ranke.data.coco import read_split
+
+    images = read_split(root, split).images.sort_values("image_id", ignore_index=True)
+    files = images["file"].tolist()
+    if n and n < len(files):
+        idx = np.sort(np.random.default_rng(seed).choice(len(files), size=n, replace=False))
+        files = [files[i] for i in idx]
+    elif n and n > len(files):
+        log.warning("score.fid_reference.n = %d but split '%s' has only %d images: using all", n, split, len(files))
+    return files
+
+
+def compute_reference(cfg: dict, device=None, *, batch_size: int | None = None, workers: int | None = None) -> dict:
+    """Extract features of the reference images -> {"mu", "sigma", "meta"} (not saved)."""
+    from ranke.data.coco import CocoImages
+    from ranke.metrics.fid import extract_features, fid_statistics, load_fid_extractor
+
+    device = resolve_device(device or cfg.get("device", "auto"))
+    meta = expected_metadata(cfg)
+    ref = (cfg.get("score") or {}).get("fid_reference") or {}
+    batch_size = batch_size or int((cfg.get("score") or {}).get("batch_size", 100))
+    workers = int(ref.get("workers", min(8, os.cpu_count() or 1))) if workers is None else workers
+
+    files = select_images(meta["dataset_root"], meta["split"], meta["subset_n"], meta["subset_seed"])
+    if len(files) < 2:
+        raise ValueError(f"need >= 2 reference images, found {len(files)} in {meta['dataset_root']} {meta['split']}")
+    extractor = load_fid_extractor(cfg["assets"]["fid"], device, clip_cfg=cfg["assets"].get("clip"))
+    log.info("reference %s: %d images at %d px, extractor %s, batch %d, %d loader workers",
+             meta["key"], len(files), meta["resolution"], extractor.name, batch_size, workers)
+
+    # Decoding + LANCZOS resizing run in DataLoader worker processes, batched, overlapped with features.
+    dataset = CocoImages(meta["dataset_root"], files, meta["resolution"], resample="lanczos", mode="crop_resize")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                                         pin_memory=device.type == "cuda", shuffle=False)
+    t0 = time.perf_counter()
+    batches = (images for _, images in tqdm(loader, desc="fid-reference", unit="batch", mininterval=10))
+    feats = extract_features(extractor, batches)
+    stats = fid_statistics(feats)
+    log.info("reference features %s in %.1f s", tuple(feats.shape), time.perf_counter() - t0)
+    meta = {**meta, "n_images": len(files), "feature_layer": extractor.layer, "feature_dim": int(feats.shape[1]),
+            "resample": "lanczos", "crop": "center", "torch_fidelity": _tf_version()}
+    return {"mu": stats["mu"], "sigma": stats["sigma"], "meta": meta}
+
+
+def _tf_version() -> str:
+    import torch_fidelity
+
+    return str(getattr(torch_fidelity, "__version__", "?"))
+
+
+def save_reference(ref: dict, path: str | os.PathLike) -> None:
+    save_torch({"mu": torch.as_tensor(ref["mu"], dtype=torch.float64),
+                "sigma": torch.as_tensor(ref["sigma"], dtype=torch.float64),
+                "meta": ref["meta"]}, path)
+
+
+def ensure_reference(cfg: dict, out: str | os.PathLike, device=None, *, force: bool = False) -> dict:
+    """Load `out` if its metadata matches the config, else compute and save it (atomically)."""
+    out = Path(out)
+    expected = expected_metadata(cfg)
+    if out.stem != expected["key"]:
+        log.warning("output name %s does not match the cache key %s", out.name, expected["key"])
+    if out.is_file() and not force:
+        try:
+            ref = load_reference(out, expected)
+            log.info("reusing reference statistics %s (%d images)", out, ref["meta"].get("n_images", -1))
+            return ref
+        except ReferenceMismatchError as e:
+            log.warning("recomputing: %s", e)
+    ref = compute_reference(cfg, device)
+    save_reference(ref, out)
+    log.info("wrote %s", out)
+    return ref
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ranke fid-reference", description=__doc__.splitlines()[0])
+    p.add_argument("--config-json", required=True,
+                   help="config subset: device, image_size, assets {coco_root, fid, clip}, score {batch_size, fid_reference}")
+    p.add_argument("--out", required=True, help="output .pt (name = reference_cache_key(...) + '.pt')")
+    p.add_argument("--force", action="store_true", help="recompute even if a matching file exists")
+    p.add_argument("--log", default=None, help="also log to this file")
+    args = p.parse_args(argv)
+    setup_logging(args.log)
+    cfg = parse_config_json(args.config_json)
+    log_environment({"stage": "fid-reference", "key": reference_key_from_config(cfg)})
+    ensure_reference(cfg, args.out, force=args.force)
+    return 0

@@ -1,0 +1,249 @@
+"""Files between stages: atomic writes, explicit Parquet schemas, validated reads.
+
+Every file a stage hands to a later stage goes through this module, so that
+(1) a killed stage never leaves a half-written output (temp file + rename), and
+(2) a reader fails with the file's name when the columns are not what it expects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# ----------------------------------------------------------------------------------------------
+# Parquet schemas (the contract between stages). Extra columns are an error, so that a stage
+# cannot silently depend on something another stage does not promise.
+
+_codes = pa.list_(pa.int32())
+
+SCHEMAS: dict[str, pa.Schema] = {
+    # tokenize: one row per image of a split
+    "tokens": pa.schema(
+        [
+            ("image_id", pa.int64()),
+            ("split", pa.string()),
+            ("file", pa.string()),  # path relative to the COCO root
+            ("caption_ids", pa.list_(pa.int64())),
+            ("captions", pa.list_(pa.string())),
+            ("codes", _codes),  # row-major grid_h * grid_w codebook indices
+            ("grid_h", pa.int16()),
+            ("grid_w", pa.int16()),
+            ("vq_sha256", pa.string()),
+        ]
+    ),
+    # tokenize: reference code histogram; count_a/count_b are two disjoint halves of the images
+    # (even / odd row index) for the finite-sample "Real" floor of the code-shift metric.
+    "code_hist": pa.schema(
+        [
+            ("code", pa.int32()),
+            ("count", pa.int64()),
+            ("count_a", pa.int64()),
+            ("count_b", pa.int64()),
+        ]
+    ),
+    # prompts: the evaluation prompt set
+    "prompts": pa.schema(
+        [
+            ("prompt_id", pa.int64()),
+            ("image_id", pa.int64()),
+            ("caption_id", pa.int64()),
+            ("caption", pa.string()),
+        ]
+    ),
+    # baseline / sample: generated code maps
+    "samples": pa.schema(
+        [
+            ("method", pa.string()),
+            ("round", pa.int32()),
+            ("prompt_id", pa.int64()),
+            ("seed", pa.int64()),
+            ("codes", _codes),
+        ]
+    ),
+    # score: long format, one row per (metric) of one (method, round)
+    "metrics": pa.schema(
+        [
+            ("method", pa.string()),
+            ("round", pa.int32()),
+            ("step", pa.int64()),  # cumulative training steps of the method at this round
+            ("metric", pa.string()),
+            ("value", pa.float64()),
+            ("n", pa.int64()),  # number of samples behind the value
+            ("extractor", pa.string()),  # feature extractor / model that produced the value
+            ("details", pa.string()),  # JSON: protocol facts (cfg, prompts, conventions, ...)
+        ]
+    ),
+    # round: one row per training step (NaN where a term is off in that mode)
+    "train_log": pa.schema(
+        [
+            ("method", pa.string()),
+            ("round", pa.int32()),
+            ("step", pa.int64()),
+            ("phase", pa.string()),  # "policy", "decoder" or "both"
+            ("reward_mean", pa.float64()),
+            ("reward_std", pa.float64()),
+            ("reward_best_mean", pa.float64()),
+            ("loss_policy", pa.float64()),
+            ("loss_pg", pa.float64()),
+            ("kl", pa.float64()),
+            ("ratio_mean", pa.float64()),
+            ("tau", pa.float64()),
+            ("loss_disc", pa.float64()),
+            ("loss_rec", pa.float64()),
+            ("loss_rec_l1", pa.float64()),
+            ("loss_rec_perceptual", pa.float64()),
+            ("loss_rec_gan", pa.float64()),
+            ("adaptive_weight", pa.float64()),
+            ("loss_rank_gan", pa.float64()),
+            ("loss_consistency", pa.float64()),
+            ("loss_reward", pa.float64()),
+            ("loss_lasc", pa.float64()),
+            ("loss_decoder", pa.float64()),
+            ("grad_norm_policy", pa.float64()),
+            ("grad_norm_decoder", pa.float64()),
+            ("grad_norm_disc", pa.float64()),
+            ("step_time_s", pa.float64()),
+        ]
+    ),
+    # demo: quality bars of the demo base models
+    "demo_quality": pa.schema(
+        [
+            ("model", pa.string()),
+            ("metric", pa.string()),
+            ("value", pa.float64()),
+            ("target", pa.string()),  # the bar, as text (e.g. ">= 24"), "" when informational
+            ("n", pa.int64()),
+        ]
+    ),
+}
+
+
+class SchemaError(ValueError):
+    """A Parquet file does not have the columns/types its reader expects."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; on success rename it onto `path`.
+
+    On an exception the temporary is removed and `path` is left untouched (an older version,
+    if any, survives). The temporary lives in the same directory so the rename is atomic.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_dir:
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if is_dir and path.exists():
+            # os.replace cannot replace a non-empty directory: move the old one aside first.
+            old = path.with_name(f".old-{path.name}-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(text: str, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(obj, path: str | os.PathLike) -> None:
+    write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", path)
+
+
+def save_torch(obj, path: str | os.PathLike) -> None:
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parquet
+
+
+def write_parquet(df: pd.DataFrame, path: str | os.PathLike, kind: str) -> None:
+    """Write `df` with the named schema (columns reordered, types cast), atomically."""
+    schema = SCHEMAS[kind]
+    missing = [n for n in schema.names if n not in df.columns]
+    extra = [c for c in df.columns if c not in schema.names]
+    if missing or extra:
+        raise SchemaError(
+            f"cannot write {path} as '{kind}': missing columns {missing}, unexpected columns {extra}"
+        )
+    table = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
+    table = table.replace_schema_metadata({b"ranke.kind": kind.encode()})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_parquet(path: str | os.PathLike, kind: str) -> pd.DataFrame:
+    """Read a Parquet file and check it has exactly the named schema (names and types)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{kind} file not found: {path}")
+    expected = SCHEMAS[kind]
+    try:
+        actual = pq.read_schema(path)
+    except Exception as e:  # pyarrow raises several types for a corrupt file
+        raise SchemaError(f"{path}: not a readable Parquet file ({e})") from e
+    problems = []
+    for field in expected:
+        if field.name not in actual.names:
+            problems.append(f"missing column '{field.name}' ({field.type})")
+        elif not actual.field(field.name).type.equals(field.type):
+            problems.append(
+                f"column '{field.name}' has type {actual.field(field.name).type}, expected {field.type}"
+            )
+    for name in actual.names:
+        if name not in expected.names:
+            problems.append(f"unexpected column '{name}'")
+    if problems:
+        raise SchemaError(f"{path} does not match the '{kind}' schema: " + "; ".join(problems))
+    return pq.read_table(path, schema=expected).to_pandas()
+
+
+# ----------------------------------------------------------------------------------------------
+# Misc
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def require_files(paths: dict[str, str | os.PathLike | None]) -> None:
+    """Raise one FileNotFoundError naming every missing file, keyed by what it is for."""
+    missing = [f"{what}: {p}" for what, p in paths.items() if p is None or not Path(p).exists()]
+    if missing:
+        raise FileNotFoundError("missing input files:\n  " + "\n  ".join(missing))

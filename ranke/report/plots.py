@@ -1,0 +1,413 @@
+"""The paper's figures, from the metrics / train-log tables (never from models).
+
+Every function returns a matplotlib `Figure` built without pyplot (no global state, Agg canvas
+on save), sized for one paper column (3.3 in) unless it says otherwise; build.py saves PNG + PDF.
+Each method keeps one colour / marker across all figures; a non-base method's trajectory starts
+at the base point (round 0 is the base model for every method).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import textwrap
+from pathlib import Path
+
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ranke.report.tables import MethodInfo, wide
+
+log = logging.getLogger("ranke.report.plots")
+
+COLUMN_WIDTH = 3.3  # inches, one column of a two-column paper
+TEXT_WIDTH = 6.8  # inches, full text width
+DPI = 200
+
+STYLE = {
+    "font.size": 7,
+    "axes.titlesize": 7,
+    "axes.labelsize": 7,
+    "xtick.labelsize": 6,
+    "ytick.labelsize": 6,
+    "legend.fontsize": 6,
+    "legend.frameon": False,
+    "lines.linewidth": 1.2,
+    "lines.markersize": 3.5,
+    "axes.linewidth": 0.6,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.4,
+    "xtick.major.width": 0.5,
+    "ytick.major.width": 0.5,
+    "xtick.major.size": 2.5,
+    "ytick.major.size": 2.5,
+    "figure.dpi": DPI,
+    "savefig.dpi": DPI,
+    "pdf.fonttype": 42,  # TrueType in PDFs: editable text, accepted by paper templates
+}
+
+# RankE vs standard RL are the two curves the paper compares: keep them blue / orange.
+_FIXED_COLOURS = {"base": "#555555", "policy": "#e07b20", "decoder": "#2a9d5c", "ranke": "#1f4e9c"}
+_SPARE_COLOURS = ["#c0392b", "#8e44ad", "#16a0b5", "#b5a316", "#7f5539", "#e377c2"]
+_MARKERS = {"base": "*", "policy": "s", "decoder": "^", "ranke": "o"}
+_SPARE_MARKERS = ["D", "v", "P", "X", "<", ">"]
+
+
+def method_styles(infos: dict[str, MethodInfo]) -> dict[str, dict]:
+    """{method: {color, marker}}: fixed for the shipped method names, then spare ones in order."""
+    styles, spare_c, spare_m = {}, iter(_SPARE_COLOURS * 3), iter(_SPARE_MARKERS * 3)
+    for name in infos:
+        styles[name] = {
+            "color": _FIXED_COLOURS.get(name) or next(spare_c),
+            "marker": _MARKERS.get(name) or next(spare_m),
+        }
+    return styles
+
+
+def _base_method(infos: dict[str, MethodInfo]) -> str | None:
+    return next((n for n, i in infos.items() if i.mode == "none"), None)
+
+
+def trajectories(metrics: pd.DataFrame, infos: dict[str, MethodInfo]) -> dict[str, pd.DataFrame]:
+    """{method: wide rows sorted by round}; each non-base method starts at the base's round 0."""
+    w = wide(metrics)
+    base = _base_method(infos)
+    base_rows = w[(w.method == base) & (w["round"] == 0)] if base else w.iloc[:0]
+    out = {}
+    for name in infos:
+        rows = w[w.method == name].sort_values("round")
+        if name != base and len(base_rows) and (rows["round"] == 0).sum() == 0:
+            rows = pd.concat([base_rows.assign(method=name), rows], ignore_index=True)
+        out[name] = rows.reset_index(drop=True)
+    return out
+
+
+def _no_data(ax, what: str) -> None:
+    ax.text(0.5, 0.5, f"no {what} in the metrics", ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _legend_on_top(fig: Figure, axes, ncol: int = 2) -> None:
+    handles, labels = {}, []
+    for ax in np.atleast_1d(axes).ravel():
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in handles:
+                handles[lab] = h
+                labels.append(lab)
+    if handles:
+        fig.legend([handles[lab] for lab in labels], labels, loc="outside upper center", ncol=ncol,
+                   handlelength=1.8, columnspacing=1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLIP and FID vs training step (the paper's training-curve figure)
+
+
+def plot_curves(metrics: pd.DataFrame, infos: dict[str, MethodInfo]) -> Figure:
+    with mpl.rc_context(STYLE):
+        fig = Figure(figsize=(COLUMN_WIDTH, 3.5), layout="constrained")
+        axes = fig.subplots(2, 1, sharex=True)
+        _metric_vs_step(axes[0], metrics, infos, "clip_score", "CLIP score ↑")
+        _metric_vs_step(axes[1], metrics, infos, "fid", "FID ↓")
+        axes[1].set_xlabel("training step")
+        _legend_on_top(fig, axes)
+    return fig
+
+
+def _metric_vs_step(ax, metrics, infos, metric: str, ylabel: str, *, floor_metric: str | None = None,
+                    floor_label: str = "") -> None:
+    if metric not in set(metrics.metric):
+        _no_data(ax, metric)
+        ax.set_ylabel(ylabel)
+        return
+    styles = method_styles(infos)
+    base = _base_method(infos)
+    trajs = trajectories(metrics, infos)
+    for name, rows in trajs.items():
+        rows = rows[np.isfinite(rows[metric])] if metric in rows else rows.iloc[:0]
+        if not len(rows):
+            continue
+        st = styles[name]
+        if name == base:
+            ax.axhline(rows[metric].iloc[0], color=st["color"], ls="--", lw=0.8, label=infos[name].label)
+            continue
+        ax.plot(rows["step"], rows[metric], color=st["color"], marker=st["marker"], label=infos[name].label)
+    if floor_metric and floor_metric in set(metrics.metric):
+        floor = float(metrics.loc[metrics.metric == floor_metric, "value"].median())
+        ax.axhline(floor, color="black", ls=":", lw=0.9, label=floor_label)
+    ax.set_ylabel(ylabel)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLIP-FID plane (Pareto view)
+
+
+def plot_pareto(metrics: pd.DataFrame, infos: dict[str, MethodInfo]) -> Figure:
+    with mpl.rc_context(STYLE):
+        fig = Figure(figsize=(COLUMN_WIDTH, 3.0), layout="constrained")
+        ax = fig.subplots()
+        present = set(metrics.metric)
+        if not {"clip_score", "fid"} <= present:
+            _no_data(ax, "CLIP + FID pair")
+            return fig
+        styles = method_styles(infos)
+        base = _base_method(infos)
+        for name, rows in trajectories(metrics, infos).items():
+            rows = rows[np.isfinite(rows["fid"]) & np.isfinite(rows["clip_score"])]
+            if not len(rows):
+                continue
+            st = styles[name]
+            x, y = rows["fid"].to_numpy(), rows["clip_score"].to_numpy()
+            if name == base:
+                ax.plot(x[:1], y[:1], ls="none", marker="*", ms=9, color=st["color"], label=infos[name].label,
+                        zorder=4)
+                continue
+            # arrows from round r-1 to round r; small markers at the rounds, a big one at the last
+            for i in range(1, len(x)):
+                ax.annotate("", xy=(x[i], y[i]), xytext=(x[i - 1], y[i - 1]),
+                            arrowprops=dict(arrowstyle="-|>", color=st["color"], lw=1.0,
+                                            shrinkA=2, shrinkB=3, mutation_scale=7))
+            ax.plot(x[1:-1], y[1:-1], ls="none", marker=st["marker"], ms=3, color=st["color"], alpha=0.6)
+            ax.plot(x[-1:], y[-1:], ls="none", marker=st["marker"], ms=6, color=st["color"],
+                    markeredgecolor="white", markeredgewidth=0.5, label=infos[name].label, zorder=3)
+            last_round = int(rows["round"].iloc[-1])
+            ax.annotate(f"r{last_round}", (x[-1], y[-1]), xytext=(3, 3), textcoords="offset points",
+                        fontsize=5.5, color=st["color"])
+        ax.set_xlabel("FID ↓")
+        ax.set_ylabel("CLIP score ↑")
+        ax.margins(0.12)
+        # the good corner: low FID, high CLIP
+        ax.annotate("better", xy=(0.04, 0.96), xytext=(0.2, 0.8), xycoords="axes fraction",
+                    textcoords="axes fraction", fontsize=6, color="0.4", ha="center", va="center",
+                    arrowprops=dict(arrowstyle="->", color="0.5", lw=0.8))
+        _legend_on_top(fig, ax)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Code shift: KL to the real code histogram (with the finite-sample real floor) and entropy
+
+
+def plot_code_shift(metrics: pd.DataFrame, infos: dict[str, MethodInfo]) -> Figure:
+    with mpl.rc_context(STYLE):
+        fig = Figure(figsize=(COLUMN_WIDTH, 3.5), layout="constrained")
+        axes = fig.subplots(2, 1, sharex=True)
+        _metric_vs_step(axes[0], metrics, infos, "code_kl", "code-KL to real ↓",
+                        floor_metric="code_kl_real_floor", floor_label="real-data floor")
+        _metric_vs_step(axes[1], metrics, infos, "code_entropy_bits", "code entropy (bits)",
+                        floor_metric="code_entropy_bits_real", floor_label="real codes")
+        axes[1].set_xlabel("training step")
+        _legend_on_top(fig, axes, ncol=3)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Training curves from train_log.parquet
+
+# (column, panel title) in display order; all-NaN columns are skipped
+TRAIN_PANELS = [
+    ("reward_mean", "reward (mean)"),
+    ("kl", "policy KL"),
+    ("loss_pg", "policy-gradient loss"),
+    ("loss_policy", "policy loss"),
+    ("ratio_mean", "mean ratio"),
+    ("tau", "rank temperature τ"),
+    ("loss_disc", "discriminator loss"),
+    ("loss_rank_gan", "rank-GAN loss"),
+    ("loss_rec", "GT reconstruction loss"),
+    ("loss_rec_l1", "rec. L1"),
+    ("loss_rec_perceptual", "rec. perceptual"),
+    ("loss_rec_gan", "rec. GAN"),
+    ("loss_consistency", "EMA consistency loss"),
+    ("loss_reward", "reward back-prop loss"),
+    ("loss_lasc", "LASC loss"),
+    ("loss_decoder", "decoder loss (total)"),
+]
+
+
+def global_steps(log_df: pd.DataFrame) -> pd.DataFrame:
+    """Add `gstep`: steps counted across rounds of a method.
+
+    Works whether a round logs cumulative steps (kept as they are) or restarts its count
+    (shifted to follow the previous round).
+    """
+    parts = []
+    for _, m in log_df.groupby("method", sort=False):
+        prev_end = None
+        for _, r in m.sort_values(["round", "step"]).groupby("round", sort=True):
+            r = r.copy()
+            if prev_end is not None and r["step"].min() <= prev_end:
+                r["gstep"] = r["step"] - r["step"].min() + prev_end + 1
+            else:
+                r["gstep"] = r["step"]
+            prev_end = r["gstep"].max()
+            parts.append(r)
+    return pd.concat(parts, ignore_index=True) if parts else log_df.assign(gstep=log_df["step"])
+
+
+def _smooth(y: np.ndarray) -> np.ndarray:
+    window = max(1, len(y) // 25)
+    return pd.Series(y).rolling(window, min_periods=1, center=True).mean().to_numpy()
+
+
+def plot_train_curves(train_log: pd.DataFrame, infos: dict[str, MethodInfo]) -> Figure:
+    df = global_steps(train_log)
+    panels = [(c, t) for c, t in TRAIN_PANELS if c in df and df[c].notna().any()]
+    styles = method_styles(infos)
+    methods = [m for m in infos if m in set(df.method)] + sorted(set(df.method) - set(infos))
+    for m in methods:
+        styles.setdefault(m, {"color": "0.3", "marker": "o"})
+    ncol = 2
+    nrow = max(1, -(-len(panels) // ncol))
+    with mpl.rc_context(STYLE):
+        fig = Figure(figsize=(COLUMN_WIDTH, 0.35 + 1.05 * nrow), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(nrow, ncol, sharex=True, squeeze=False)).ravel()
+        if not panels:
+            _no_data(axes[0], "logged training terms")
+        # faint lines where a round starts (the alternation is per round)
+        starts = sorted(set(df.groupby(["method", "round"])["gstep"].min()))[1:]
+        for ax, (col, title) in zip(axes, panels):
+            for m in methods:
+                d = df[(df.method == m) & df[col].notna()].sort_values("gstep")
+                if not len(d):
+                    continue
+                x, y = d["gstep"].to_numpy(), d[col].to_numpy(dtype=float)
+                c = styles[m]["color"]
+                ax.plot(x, y, color=c, lw=0.5, alpha=0.3)
+                ax.plot(x, _smooth(y), color=c, lw=1.0, label=infos[m].label if m in infos else m)
+            for s in starts:
+                ax.axvline(s, color="0.6", lw=0.4, ls=":")
+            ax.set_title(title, pad=2)
+            ax.tick_params(pad=1)
+        for ax in axes[max(1, len(panels)):]:
+            ax.set_visible(False)
+        for ax in axes[max(0, len(panels) - ncol): len(panels)]:
+            ax.set_xlabel("training step")
+            ax.xaxis.set_tick_params(labelbottom=True)
+        _legend_on_top(fig, axes, ncol=3)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Sample grid across methods (same prompts and seeds)
+
+_GRID_PATH = re.compile(r"(?:^|/)(?P<method>[^/]+)/round_(?P<round>\d+)/[^/]+$")
+
+
+def parse_grid_path(path: str | Path) -> tuple[str, int]:
+    """results/{method}/round_{r}/grid.png -> (method, r)."""
+    m = _GRID_PATH.search(Path(path).as_posix())
+    if not m:
+        raise ValueError(f"grid path {path} is not .../{{method}}/round_{{r}}/grid.png")
+    return m.group("method"), int(m.group("round"))
+
+
+def split_tiles(image: np.ndarray, tile: int | None = None) -> list[np.ndarray]:
+    """Cut a grid image into square tiles (row-major), side `tile` (default: the image height)."""
+    h, w = image.shape[:2]
+    tile = tile or h
+    if h % tile or w % tile:
+        return [image]
+    return [image[i:i + tile, j:j + tile] for i in range(0, h, tile) for j in range(0, w, tile)]
+
+
+def load_grid(path: str | Path, tile: int | None = None) -> list[np.ndarray]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return split_tiles(arr, tile)
+
+
+def compose_grid(images_by_method: dict[str, list[np.ndarray]], captions: list[str] | None = None) -> Figure:
+    """One row per method (label on the left), one column per prompt (caption on top).
+
+    images: uint8 H x W x 3 arrays; rows may hold different counts (missing cells stay empty).
+    """
+    rows = list(images_by_method)
+    ncol = max((len(v) for v in images_by_method.values()), default=0)
+    if not rows or ncol == 0:
+        raise ValueError("compose_grid needs at least one image")
+    width = COLUMN_WIDTH if ncol <= 4 else TEXT_WIDTH
+    label_w = 0.55
+    cell = min(0.9, (width - label_w) / ncol)
+    cap_h = 0.0
+    wrapped = None
+    if captions:
+        chars = max(8, int(cell * 72 / 5.5 * 1.6))  # ~characters per line at 5.5 pt in one cell
+        wrapped = ["\n".join(textwrap.wrap(c, chars)[:4]) for c in captions[:ncol]]
+        cap_h = 0.09 * max(c.count("\n") + 1 for c in wrapped) + 0.05
+    with mpl.rc_context(STYLE):
+        fig = Figure(figsize=(label_w + cell * ncol, cap_h + cell * len(rows) + 0.05))
+        gs = fig.add_gridspec(len(rows), ncol, left=label_w / (label_w + cell * ncol), right=1.0,
+                              bottom=0.0, top=1 - cap_h / (cap_h + cell * len(rows) + 0.05),
+                              wspace=0.03, hspace=0.03)
+        for i, name in enumerate(rows):
+            for j in range(ncol):
+                ax = fig.add_subplot(gs[i, j])
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.grid(False)
+                for s in ax.spines.values():
+                    s.set_visible(False)
+                if j < len(images_by_method[name]):
+                    ax.imshow(images_by_method[name][j], interpolation="nearest")
+                if j == 0:
+                    ax.set_ylabel("\n".join(textwrap.wrap(name, 12)), rotation=0, ha="right", va="center",
+                                  fontsize=7, labelpad=3)
+                if i == 0 and wrapped and j < len(wrapped):
+                    ax.set_title(wrapped[j], fontsize=5.5, pad=2, va="bottom")
+    return fig
+
+
+def plot_samples(
+    grid_paths: list[str | Path],
+    infos: dict[str, MethodInfo],
+    *,
+    tile: int | None = None,
+    captions: list[str] | None = None,
+    max_prompts: int | None = None,
+) -> Figure:
+    """Each method's grid at its final round (the highest round among its given grids).
+
+    Rows are labelled with the method (and round); at most `max_prompts` tiles per row.
+    """
+    latest: dict[str, tuple[int, Path]] = {}
+    for p in grid_paths:
+        method, r = parse_grid_path(p)
+        if method not in latest or r > latest[method][0]:
+            latest[method] = (r, Path(p))
+    order = [m for m in infos if m in latest] + sorted(set(latest) - set(infos))
+    images = {}
+    for m in order:
+        r, p = latest[m]
+        label = infos[m].label if m in infos else m
+        images[f"{label} (round {r})" if r else label] = load_grid(p, tile)[:max_prompts]
+    return compose_grid(images, captions)
+
+
+__all__ = [
+    "STYLE",
+    "COLUMN_WIDTH",
+    "TEXT_WIDTH",
+    "DPI",
+    "method_styles",
+    "trajectories",
+    "plot_curves",
+    "plot_pareto",
+    "plot_code_shift",
+    "plot_train_curves",
+    "TRAIN_PANELS",
+    "global_steps",
+    "parse_grid_path",
+    "split_tiles",
+    "load_grid",
+    "compose_grid",
+    "plot_samples",
+]

@@ -1,0 +1,254 @@
+"""Stage `score`: decode one (method, round)'s sample codes and measure them -> metrics.parquet.
+
+`python -m ranke score --config-json '<json>' --method M --round R --samples P --checkpoint DIR|base
+ --prompts P --code-hist P --fid-ref P --out P [--png-dir D]`
+
+One pass over the samples in batches: codes -> that round's decoder (online or EMA weights,
+config score.decoder) -> uint8 pixels exactly as upstream writes PNGs (clamp(127.5 v + 128)) ->
+FID features (torch-fidelity extractor), CLIP image embeddings, reward — all on the device, no
+image files. Then: FID against the cached reference statistics (ranke.fid_reference), CLIP score
+(100 x mean cosine, convention in `details`), code-shift metrics against the real code histogram,
+mean reward, sample count and wall time. Optional PNGs + a fixed-prompt grid for inspection.
+
+Metric names (column `metric`): clip_score, fid, code_kl, code_kl_real_floor, code_entropy_bits,
+code_entropy_bits_real, codebook_usage, reward, n_samples, wall_time_s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from ranke import io
+from ranke.runtime import autocast, autocast_dtype, log_environment, parse_config_json, resolve_device, setup_logging
+
+log = logging.getLogger("ranke.score")
+
+METRIC_NAMES = (
+    "clip_score", "fid", "code_kl", "code_kl_real_floor", "code_entropy_bits", "code_entropy_bits_real",
+    "codebook_usage", "reward", "n_samples", "wall_time_s",
+)
+DECODER_FILES = {"online": "decoder.pt", "ema": "decoder_ema.pt"}
+
+
+def decoder_path(cfg: dict, checkpoint: str | Path) -> tuple[Path, str]:
+    """(VQ weights file, which) for "base" or a round checkpoint directory."""
+    if str(checkpoint) == "base":
+        path = Path(cfg["assets"]["vq"]["checkpoint"])
+        if not path.is_file():
+            raise FileNotFoundError(f"assets.vq.checkpoint: base VQ weights not found: {path}")
+        return path, "base"
+    which = (cfg.get("score") or {}).get("decoder", "online")
+    if which not in DECODER_FILES:
+        raise ValueError(f"score.decoder must be one of {sorted(DECODER_FILES)}, got {which!r}")
+    path = Path(checkpoint) / DECODER_FILES[which]
+    if not path.is_file():
+        raise FileNotFoundError(f"round checkpoint has no {which} decoder (score.decoder = {which}): {path}")
+    return path, which
+
+
+def load_decoder(cfg: dict, checkpoint: str | Path, device: torch.device):
+    """(backbone, vq, which, path): the backbone provides decode(vq, codes (B, h*w)) -> [-1, 1]."""
+    from ranke.models.factory import build_backbone
+
+    path, which = decoder_path(cfg, checkpoint)
+    backbone = build_backbone(cfg, device, load_text=False)
+    vq = backbone.vq if which == "base" else backbone.load_vq(path)
+    vq.eval().requires_grad_(False)
+    return backbone, vq, which, path
+
+
+def _read_inputs(samples_path, prompts_path) -> pd.DataFrame:
+    samples = io.read_parquet(samples_path, "samples")
+    prompts = io.read_parquet(prompts_path, "prompts")
+    if len(samples) == 0:
+        raise ValueError(f"{samples_path}: no samples")
+    df = samples.merge(prompts[["prompt_id", "caption"]], on="prompt_id", how="left", validate="many_to_one")
+    if df["caption"].isna().any():
+        missing = df.loc[df["caption"].isna(), "prompt_id"].iloc[0]
+        raise ValueError(f"{samples_path}: prompt_id {missing} is not in {prompts_path}")
+    return df.sort_values(["prompt_id", "seed"], ignore_index=True)
+
+
+def write_pngs(images: torch.Tensor, names: list[str], png_dir: Path) -> None:
+    """Inspection only (not the scoring path): uint8 (B,3,H,W) -> PNG files."""
+    from PIL import Image
+
+    for img, name in zip(images.permute(0, 2, 3, 1).cpu().numpy(), names):
+        Image.fromarray(img).save(png_dir / name)
+
+
+def write_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images, nrow=min(nrow, len(images)), padding=2, pad_value=255)
+    Image.fromarray(grid.permute(1, 2, 0).cpu().numpy()).save(path)
+
+
+def score(cfg: dict, method: str, round_idx: int, samples_path, checkpoint, prompts_path, code_hist_path,
+          fid_ref_path, out_path, png_dir=None) -> pd.DataFrame:
+    """Decode + measure one (method, round); writes `out_path` (schema metrics) and returns it."""
+    from ranke.fid_reference import expected_metadata, load_reference
+    from ranke.metrics import to_uint8, uint8_to_float
+    from ranke.metrics.clip_score import clip_convention, image_embeddings, load_clip_model, pair_scores, text_embeddings
+    from ranke.metrics.fid import fid_statistics, frechet_distance, load_fid_extractor
+    from ranke.metrics.shift import code_histogram, real_histograms, shift_metrics
+    from ranke.rewards import build_reward
+
+    t_start = time.perf_counter()
+    sc = cfg.get("score") or {}
+    device = resolve_device(cfg.get("device", "auto"))
+    dtype = autocast_dtype(cfg.get("precision", "auto"), device)
+    batch_size = int(sc.get("batch_size", 100))
+    eps = float(sc.get("shift_smoothing", 1e-6))
+    if png_dir is None and sc.get("write_png"):
+        png_dir = Path(out_path).parent / "images"
+
+    # Inputs first (cheap, and fail before any model loads).
+    df = _read_inputs(samples_path, prompts_path)
+    code_hist = io.read_parquet(code_hist_path, "code_hist")
+    reference = load_reference(fid_ref_path, expected_metadata(cfg))
+    if reference["meta"]["resolution"] != int(cfg["image_size"]):
+        raise ValueError(f"{fid_ref_path}: reference at {reference['meta']['resolution']} px, config image_size {cfg['image_size']}")
+
+    backbone, vq, which, vq_path = load_decoder(cfg, checkpoint, device)
+    clip = load_clip_model(cfg["assets"]["clip"], device)
+    fid_cfg = cfg["assets"]["fid"]
+    same_clip = fid_cfg["extractor"] == "clip-image" and fid_cfg.get("weights") and \
+        Path(fid_cfg["weights"]).resolve() == Path(cfg["assets"]["clip"]["weights"]).resolve()
+    extractor = load_fid_extractor(fid_cfg, device, clip_cfg=cfg["assets"]["clip"], clip_model=clip if same_clip else None)
+    reward_model = build_reward(cfg["assets"]["reward"], device)
+
+    n = len(df)
+    codes_all = np.stack(df["codes"].to_numpy()).astype(np.int64)
+    codebook_size = int(backbone.codebook_size)
+    log.info("scoring %s round %d: %d samples (%d prompts), decoder %s (%s), batch %d, device %s, autocast %s",
+             method, round_idx, n, df["prompt_id"].nunique(), which, vq_path, batch_size, device, dtype)
+
+    grid_rows = set(df.groupby("prompt_id", sort=True).head(1).index[: int(sc.get("grid_prompts", 8))])
+    grid_images: dict[int, torch.Tensor] = {}
+    feats, img_emb, txt_emb, rewards = [], [], [], []
+    timing = dict.fromkeys(("decode", "fid", "clip", "reward", "png"), 0.0)
+
+    def tick(key, t0):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        timing[key] += time.perf_counter() - t0
+        return time.perf_counter()
+
+    with contextlib.ExitStack() as stack:
+        # PNGs (inspection only) go to a temporary directory renamed onto png_dir on success
+        png_tmp = stack.enter_context(io.atomic_path(png_dir, is_dir=True)) if png_dir else None
+        stack.enter_context(torch.inference_mode())
+        for start in tqdm(range(0, n, batch_size), desc=f"score {method} r{round_idx}", mininterval=10):
+            rows = slice(start, start + batch_size)
+            captions = df["caption"].iloc[rows].tolist()
+            t0 = time.perf_counter()
+            codes = torch.from_numpy(codes_all[rows]).to(device, non_blocking=True)
+            with autocast(device, dtype):
+                images = backbone.decode(vq, codes)
+            pixels = to_uint8(images)  # exactly what the upstream PNG would hold
+            t0 = tick("decode", t0)
+            feats.append(extractor.features(pixels))
+            t0 = tick("fid", t0)
+            img_emb.append(image_embeddings(clip, pixels).cpu())
+            txt_emb.append(text_embeddings(clip, captions).cpu())
+            t0 = tick("clip", t0)
+            rewards.append(reward_model(uint8_to_float(pixels), captions).float().cpu())
+            t0 = tick("reward", t0)
+            for i in grid_rows.intersection(range(start, start + len(captions))):
+                grid_images[i] = pixels[i - start].cpu()
+            if png_tmp is not None:
+                ids = zip(df["prompt_id"].iloc[rows], df["seed"].iloc[rows])
+                write_pngs(pixels, [f"{p:06d}_{sd}.png" for p, sd in ids], png_tmp)
+                tick("png", t0)
+        if png_tmp is not None:
+            write_grid(torch.stack([grid_images[i] for i in sorted(grid_images)]), png_tmp / "grid.png")
+    if png_dir:
+        log.info("wrote %d PNGs + grid.png (first %d prompts) to %s", n, len(grid_images), png_dir)
+
+    fid_value = frechet_distance(fid_statistics(torch.cat(feats)), reference)
+    clip_value = float(pair_scores(torch.cat(img_emb), torch.cat(txt_emb)).mean())
+    reward_value = float(torch.cat(rewards).mean())
+    gen_counts = code_histogram(codes_all, codebook_size)
+    real = real_histograms(code_hist, codebook_size)
+    shift = shift_metrics(gen_counts, real, eps)
+    n_real = int(real["count"].sum() // codes_all.shape[1])
+    wall = time.perf_counter() - t_start
+    log.info("timing (s): %s; %.1f images/s overall", {k: round(v, 2) for k, v in timing.items()}, n / wall)
+
+    s = cfg.get("sampling") or {}
+    common = {
+        "n_prompts": int(df["prompt_id"].nunique()), "n_samples": n, "image_size": int(cfg["image_size"]),
+        "cfg_scale": s.get("cfg_scale"), "temperature": s.get("temperature"), "top_k": s.get("top_k"),
+        "top_p": s.get("top_p"), "sampling_seed": s.get("seed"), "decoder": which, "decoder_path": str(vq_path),
+        "backbone": cfg.get("backbone", "llamagen"),
+    }
+    clip_cfg, reward_cfg = cfg["assets"]["clip"], cfg["assets"]["reward"]
+    fid_details = {"label": extractor.label, "reference": reference["meta"].get("key"),
+                   "reference_images": reference["meta"].get("n_images"), "feature_layer": extractor.layer,
+                   "weights_sha256": extractor.weights_sha256}
+    shift_details = {"smoothing_eps": eps, "kl": "KL(generated || real), nats", "entropy": "bits",
+                     "real_images": n_real, "codebook_size": codebook_size}
+    reward_name = reward_cfg.get("model") or reward_cfg.get("path") or reward_cfg.get("kind", "")
+    rows_out = [
+        ("clip_score", clip_value, n, clip_cfg.get("model", ""), {"convention": clip_convention(clip_cfg)}),
+        ("fid", fid_value, n, extractor.name, fid_details),
+        ("code_kl", shift["code_kl"], n, "vq-codes", shift_details),
+        ("code_kl_real_floor", shift["code_kl_real_floor"], n_real, "vq-codes",
+         {**shift_details, "kl": "KL(real half A || real half B), nats"}),
+        ("code_entropy_bits", shift["code_entropy_bits"], n, "vq-codes", shift_details),
+        ("code_entropy_bits_real", shift["code_entropy_bits_real"], n_real, "vq-codes", shift_details),
+        ("codebook_usage", shift["codebook_usage"], n, "vq-codes", shift_details),
+        ("reward", reward_value, n, str(reward_name), {"kind": reward_cfg.get("kind", "open_clip"),
+                                                       "convention": "100 x mean cosine"}),
+        ("n_samples", float(n), n, "", {}),
+        ("wall_time_s", wall, n, "", {"timing_s": {k: round(v, 3) for k, v in timing.items()}}),
+    ]
+    step = int(round_idx) * int((cfg.get("rounds") or {}).get("steps", 0))
+    metrics = pd.DataFrame({
+        "method": method,
+        "round": np.int32(round_idx),
+        "step": np.int64(step),
+        "metric": [r[0] for r in rows_out],
+        "value": [float(r[1]) for r in rows_out],
+        "n": [int(r[2]) for r in rows_out],
+        "extractor": [r[3] for r in rows_out],
+        "details": [json.dumps({**common, **r[4]}, sort_keys=True, default=str) for r in rows_out],
+    })
+    io.write_parquet(metrics, out_path, "metrics")
+    log.info("wrote %s: %s", out_path, ", ".join(f"{m}={v:.4g}" for m, v in zip(metrics["metric"], metrics["value"])))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ranke score", description=__doc__.splitlines()[0])
+    p.add_argument("--config-json", required=True,
+                   help="config subset: device, precision, backbone, image_size, assets, sampling, rounds, score")
+    p.add_argument("--method", required=True)
+    p.add_argument("--round", type=int, required=True)
+    p.add_argument("--samples", required=True)
+    p.add_argument("--checkpoint", required=True, help="round checkpoint dir, or 'base'")
+    p.add_argument("--prompts", required=True)
+    p.add_argument("--code-hist", required=True)
+    p.add_argument("--fid-ref", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--png-dir", default=None, help="also write PNGs + grid.png here (default: config score.write_png)")
+    p.add_argument("--log", default=None)
+    args = p.parse_args(argv)
+    setup_logging(args.log)
+    cfg = parse_config_json(args.config_json)
+    log_environment({"stage": "score", "method": args.method, "round": args.round})
+    score(cfg, args.method, args.round, args.samples, args.checkpoint, args.prompts, args.code_hist,
+          args.fid_ref, args.out, png_dir=args.png_dir)
+    return 0

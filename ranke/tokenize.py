@@ -1,0 +1,161 @@
+"""Stage `tokenize`: COCO-layout images + captions -> tokens.parquet, and the real-code histogram.
+
+Each image is resized (shorter side, bicubic) and centre-cropped to `image_size` exactly as the
+upstream RankE training transform does, then VQ-encoded. One row per image carries its captions
+and its code map, so later stages (demo GPT training, rounds) never touch the VQ encoder again.
+
+A missing or corrupt image fails the stage naming its path, unless `tokenize.skip_bad_images`
+is set: then it is left out and counted in the log (never silently dropped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from ranke import io
+from ranke.data import coco
+from ranke.runtime import log_environment, parse_config_json, resolve_device, setup_logging
+
+log = logging.getLogger("ranke.tokenize")
+
+# upstream RankE GT transform: resize the shorter side (bicubic), then centre crop
+RESAMPLE, MODE = "bicubic", "resize_crop"
+
+
+class _SafeImages(torch.utils.data.Dataset):
+    """Like coco.CocoImages, but returns the error instead of raising, so the caller decides."""
+
+    def __init__(self, root: Path, files: list[str], size: int):
+        self.root, self.files, self.size = root, files, size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, coco.load_image(self.root / self.files[i], self.size, RESAMPLE, MODE), ""
+        except coco.ImageReadError as e:
+            return i, torch.zeros(3, self.size, self.size, dtype=torch.uint8), str(e)
+
+
+def tokenize_split(cfg: dict, split: str, out_path: str | Path, num_workers: int = 2) -> pd.DataFrame:
+    """Tokenize one split of `cfg["assets"]["coco_root"]`; write and return the tokens table."""
+    from ranke.models.factory import build_backbone
+
+    root = Path(cfg["assets"]["coco_root"])
+    tok_cfg = cfg.get("tokenize", {})
+    size = int(cfg["image_size"])
+    device = resolve_device(cfg.get("device", "auto"))
+    batch_size = int(tok_cfg.get("batch_size", 64))
+    skip_bad = bool(tok_cfg.get("skip_bad_images", False))
+
+    table = coco.captions_by_image(coco.read_split(root, split).captions)
+    vq_path = cfg["assets"]["vq"]["checkpoint"]
+    vq_sha = io.sha256_file(vq_path)
+    backbone = build_backbone(cfg, device, load_text=False)
+    vq = backbone.vq.eval()
+    log.info(
+        "tokenizing %s: %d images from %s at %d px, VQ %s (sha256 %s), device %s",
+        split, len(table), root, size, vq_path, vq_sha[:12], device,
+    )
+
+    loader = torch.utils.data.DataLoader(
+        _SafeImages(root, table["file"].tolist(), size),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        shuffle=False,
+    )
+    codes: list[np.ndarray | None] = [None] * len(table)
+    bad: list[str] = []
+    t0 = time.time()
+    with torch.inference_mode():
+        for idx, images, errors in tqdm(loader, desc=f"tokenize {split}", mininterval=10):
+            for e in errors:
+                if e:
+                    if not skip_bad:
+                        raise coco.ImageReadError(
+                            f"{e} (set tokenize.skip_bad_images: true to skip bad images)"
+                        )
+                    log.warning("skipping bad image: %s", e)
+                    bad.append(e)
+            good = torch.tensor([not e for e in errors], dtype=torch.bool)
+            if not good.any():
+                continue
+            batch = coco.to_float(images[good]).to(device)
+            out = backbone.tokenize(vq, batch).cpu().numpy().astype(np.int32)
+            for i, c in zip(idx[good].tolist(), out):
+                codes[i] = c
+    keep = [c is not None for c in codes]
+    if bad:
+        log.warning("skipped %d of %d images of %s (unreadable)", len(bad), len(table), split)
+    table = table[keep].reset_index(drop=True)
+    grid_h, grid_w = backbone.grid
+    table["codes"] = [c for c in codes if c is not None]
+    table["split"] = split
+    table["grid_h"] = np.int16(grid_h)
+    table["grid_w"] = np.int16(grid_w)
+    table["vq_sha256"] = vq_sha
+    io.write_parquet(table, out_path, "tokens")
+    log.info(
+        "wrote %s: %d images, grid %dx%d, %.1f images/s",
+        out_path, len(table), grid_h, grid_w, len(table) / max(time.time() - t0, 1e-9),
+    )
+    return table
+
+
+def code_histogram(tokens_path: str | Path, codebook_size: int, out_path: str | Path) -> pd.DataFrame:
+    """Counts of every code over all images, and over two disjoint halves (even / odd rows)."""
+    tokens = io.read_parquet(tokens_path, "tokens")
+    counts = np.zeros((2, codebook_size), dtype=np.int64)
+    for row, codes in enumerate(tokens["codes"]):
+        c = np.asarray(codes, dtype=np.int64)
+        if c.size and (c.min() < 0 or c.max() >= codebook_size):
+            raise ValueError(
+                f"{tokens_path}: image row {row} has codes outside [0, {codebook_size}): "
+                "the tokens come from another codebook"
+            )
+        counts[row % 2] += np.bincount(c, minlength=codebook_size)
+    hist = pd.DataFrame(
+        {
+            "code": np.arange(codebook_size, dtype=np.int32),
+            "count": counts.sum(0),
+            "count_a": counts[0],
+            "count_b": counts[1],
+        }
+    )
+    io.write_parquet(hist, out_path, "code_hist")
+    used = int((hist["count"] > 0).sum())
+    log.info(
+        "code histogram of %s: %d images, %d codes used of %d", tokens_path, len(tokens), used, codebook_size
+    )
+    return hist
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="ranke tokenize", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("split", help="tokenize one COCO split")
+    s.add_argument("--config-json", required=True)
+    s.add_argument("--split", required=True, choices=coco.SPLITS)
+    s.add_argument("--out", required=True)
+    s.add_argument("--workers", type=int, default=2)
+    h = sub.add_parser("histogram", help="reference code histogram of a tokens file")
+    h.add_argument("--tokens", required=True)
+    h.add_argument("--codebook-size", type=int, required=True)
+    h.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    setup_logging()
+    if args.cmd == "split":
+        log_environment()
+        tokenize_split(parse_config_json(args.config_json), args.split, args.out, args.workers)
+    else:
+        code_histogram(args.tokens, args.codebook_size, args.out)
+    return 0

@@ -1,0 +1,180 @@
+"""COCO-layout reading: schema, joins, errors naming files, image loading, the 30K protocol."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from ranke.data import coco
+from ranke.data.demo import write_demo_coco
+
+TINY = {
+    "seed": 3, "n_train": 8, "n_val": 5, "captions_per_image": 3,
+    "shapes": ["circle", "square"], "colours": ["red", "blue"], "backgrounds": ["black"],
+    "positions": ["left", "right"], "sizes": ["small", "large"], "jitter": 0.05, "format": "png",
+}
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo") / "coco"
+    write_demo_coco(root, TINY, 32)
+    return root
+
+
+def _write_ann(tmp_path: Path, doc, split="val") -> Path:
+    (tmp_path / "annotations").mkdir(parents=True, exist_ok=True)
+    p = tmp_path / "annotations" / f"captions_{split}2014.json"
+    p.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    return p
+
+
+def _doc():
+    return {
+        "info": {}, "licenses": [],
+        "images": [{"id": 7, "file_name": "COCO_val2014_000000000007.jpg", "width": 40, "height": 30},
+                   {"id": 3, "file_name": "COCO_val2014_000000000003.jpg", "width": 30, "height": 40}],
+        "annotations": [{"id": 11, "image_id": 7, "caption": "  A dog on a sofa.\n"},
+                        {"id": 10, "image_id": 3, "caption": "A cat."},
+                        {"id": 12, "image_id": 7, "caption": "A brown dog. "}],
+    }
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_demo_json_validates_against_schema(demo_root, split):
+    doc = json.loads(coco.annotation_path(demo_root, split).read_text())
+    jsonschema.validate(doc, coco.COCO_CAPTIONS_SCHEMA)
+
+
+def test_schema_rejects_what_the_reader_cannot_use():
+    bad = _doc()
+    del bad["annotations"][0]["caption"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, coco.COCO_CAPTIONS_SCHEMA)
+
+
+def test_read_split_joins_and_strips(tmp_path):
+    _write_ann(tmp_path, _doc())
+    split = coco.read_split(tmp_path, "val")
+    assert list(split.images["image_id"]) == [3, 7]
+    assert list(split.images["file"]) == ["val2014/COCO_val2014_000000000003.jpg", "val2014/COCO_val2014_000000000007.jpg"]
+    c = split.captions
+    assert list(c["caption_id"]) == [10, 11, 12]
+    assert list(c["caption"]) == ["A cat.", "A dog on a sofa.", "A brown dog."]
+    assert list(c["file"]) == ["val2014/COCO_val2014_000000000003.jpg"] + ["val2014/COCO_val2014_000000000007.jpg"] * 2
+    per = coco.captions_by_image(c)
+    assert per.loc[per.image_id == 7, "caption_ids"].item() == [11, 12]
+
+
+def test_read_demo_split(demo_root):
+    split = coco.read_split(demo_root, "train")
+    assert len(split.images) == 8 and len(split.captions) == 24
+    for f in split.images["file"]:
+        assert (demo_root / f).is_file()
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: "{not json", "not valid JSON"),
+        (lambda d: {k: v for k, v in d.items() if k != "annotations"}, "annotations"),
+        (lambda d: {**d, "images": []}, "images"),
+        (lambda d: {**d, "annotations": d["annotations"] + [{"id": 99, "image_id": 5, "caption": "x"}]}, "image ids"),
+        (lambda d: {**d, "annotations": d["annotations"] + [{"id": 10, "image_id": 3, "caption": "x"}]}, "duplicate annotation"),
+        (lambda d: {**d, "images": d["images"] + [dict(d["images"][0])]}, "duplicate image"),
+        (lambda d: {**d, "annotations": [{"id": 1, "image_id": 3}]}, "caption"),
+        (lambda d: {**d, "annotations": [{"id": 1, "image_id": "3", "caption": "x"}]}, "image_id"),
+    ],
+)
+def test_bad_annotations_name_the_file(tmp_path, mutate, message):
+    path = _write_ann(tmp_path, mutate(_doc()))
+    with pytest.raises(coco.CocoFormatError) as e:
+        coco.read_split(tmp_path, "val")
+    assert str(path) in str(e.value) and message in str(e.value)
+
+
+def test_missing_annotation_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="captions_train2014.json"):
+        coco.read_split(tmp_path, "train")
+
+
+def test_load_image_centre_crop_and_modes(tmp_path):
+    # 60x40 image: left 10 px red, middle 40 px green, right 10 px blue -> the crop is all green
+    arr = np.zeros((40, 60, 3), np.uint8)
+    arr[:, :10, 0] = 255
+    arr[:, 10:50, 1] = 255
+    arr[:, 50:, 2] = 255
+    Image.fromarray(arr).save(tmp_path / "x.png")
+    for resample in ("bicubic", "lanczos"):
+        x = coco.load_image(tmp_path / "x.png", 20, resample=resample)
+        assert x.shape == (3, 20, 20) and x.dtype == torch.uint8
+        assert (x[1] == 255).all() and (x[0] == 0).all() and (x[2] == 0).all()
+    y = coco.load_image(tmp_path / "x.png", 20, mode="resize_crop")
+    assert y.shape == (3, 20, 20) and (y[1] > 200).all()
+    with pytest.raises(ValueError, match="resample"):
+        coco.load_image(tmp_path / "x.png", 20, resample="nearest-ish")
+
+
+def test_load_image_errors_name_the_path(tmp_path):
+    with pytest.raises(coco.ImageReadError, match="missing.png"):
+        coco.load_image(tmp_path / "missing.png", 32)
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    with pytest.raises(coco.ImageReadError, match="corrupt.png"):
+        coco.load_image(bad, 32)
+    # a truncated real PNG fails at decode time, still with its name
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "t.png")
+    data = (tmp_path / "t.png").read_bytes()
+    (tmp_path / "trunc.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(coco.ImageReadError, match="trunc.png"):
+        coco.load_image(tmp_path / "trunc.png", 32)
+    with pytest.raises(coco.ImageReadError, match="corrupt.png"):
+        coco.load_images(tmp_path, ["t.png", "corrupt.png"], 32)
+
+
+def test_load_images_and_float_roundtrip(demo_root):
+    split = coco.read_split(demo_root, "val")
+    x = coco.load_images(demo_root, split.images["file"], 32)
+    assert x.shape == (5, 3, 32, 32) and x.dtype == torch.uint8
+    f = coco.to_float(x)
+    assert f.min() >= -1 and f.max() <= 1
+    assert torch.equal(coco.to_uint8(f), x)
+
+
+def _captions(n_images: int, per: int = 3) -> pd.DataFrame:
+    rows = [(i * 10 + j, i, f"caption {j} of {i}") for i in range(n_images) for j in range(per)]
+    return pd.DataFrame(rows, columns=["caption_id", "image_id", "caption"])
+
+
+def test_coco30k_prompts_deterministic_distinct_images():
+    caps = _captions(50)
+    a = coco.coco30k_prompts(caps, 20, seed=0)
+    b = coco.coco30k_prompts(caps.sample(frac=1.0, random_state=1), 20, seed=0)  # row order irrelevant
+    pd.testing.assert_frame_equal(a, b)
+    assert list(a.columns) == ["prompt_id", "image_id", "caption_id", "caption"]
+    assert list(a["prompt_id"]) == list(range(20))
+    assert a["image_id"].is_unique
+    merged = a.merge(caps, on=["caption_id", "image_id", "caption"])
+    assert len(merged) == 20  # each prompt is a real caption of its image
+    c = coco.coco30k_prompts(caps, 20, seed=1)
+    assert not a["caption_id"].equals(c["caption_id"])
+    # a larger n extends the same draw (prefix property within the first pass)
+    d = coco.coco30k_prompts(caps, 30, seed=0)
+    pd.testing.assert_frame_equal(d.iloc[:20].reset_index(drop=True), a)
+
+
+def test_coco30k_prompts_cycles_when_n_exceeds_images():
+    caps = _captions(7)
+    p = coco.coco30k_prompts(caps, 16, seed=0)
+    assert len(p) == 16
+    counts = p["image_id"].value_counts()
+    assert set(counts.index) == set(range(7))
+    assert counts.max() - counts.min() <= 1  # every image used before any is used a third time
+    assert p.iloc[:7]["image_id"].is_unique

@@ -1,0 +1,172 @@
+# Helpers shared by all rule files (config validation, paths, per-stage config, resources).
+
+import json
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from ranke.config import missing_assets
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+# A real study must have every asset before any job starts (the demo makes its own).
+_missing = missing_assets(config)
+if _missing:
+    raise WorkflowError(
+        "missing asset files (set the paths in your study config; nothing is downloaded):\n  "
+        + "\n  ".join(_missing)
+    )
+
+# The software of every rule (used with `--sdm conda`; otherwise the active venv runs the rules).
+CONDA_ENV = "../../envs/ranke.yaml"
+
+METHODS = {m["name"]: m for m in config["methods"]}
+TRAINED = [name for name, m in METHODS.items() if m["mode"] != "none"]
+N_ROUNDS = config["rounds"]["n"]
+DEMO = config["demo"]["enabled"]
+ASSETS = config["assets"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Config handed to stages: only the sections a stage reads, so that Snakemake's params trigger
+# reruns exactly the stages whose settings changed.
+
+_RUNTIME_KEYS = ["backbone", "device", "precision", "seed", "image_size", "assets"]
+
+
+def stage_config(*sections):
+    cfg = {key: config[key] for key in _RUNTIME_KEYS if key in config}
+    for section in sections:
+        if section == "methods":
+            cfg["methods"] = METHODS
+        else:
+            cfg[section] = config[section]
+    return json.dumps(cfg, sort_keys=True)
+
+
+def round_config(wildcards):
+    """A round reads the training settings and its own method only (not the other methods)."""
+    cfg = json.loads(stage_config("train", "rounds", "cluster"))
+    cfg["methods"] = {wildcards.method: METHODS[wildcards.method]}
+    return json.dumps(cfg, sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resources: one profile serves every stage because each rule reads its own from the config.
+
+
+def res(group, key):
+    table = config.get("resources", {})
+    default = {"runtime": 30, "mem_mb": 4000, "gpu": 0, "cpus_per_gpu": 0}
+    default.update(table.get("default", {}))
+    return table.get(group, default).get(key, default[key])
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths
+
+
+def round_dir(method, r):
+    return f"results/{method}/round_{r}"
+
+
+def checkpoint_of(method, r):
+    """The checkpoint a (method, round) decodes/samples with: round 0 is the base assets."""
+    if int(r) == 0:
+        return "base"
+    return f"{round_dir(method, r)}/checkpoint"
+
+
+def base_model_files():
+    return [
+        ASSETS["gpt"]["checkpoint"],
+        ASSETS["vq"]["checkpoint"],
+        ASSETS["text_encoder"]["path"],
+    ]
+
+
+def round_init(wildcards):
+    r = int(wildcards.round)
+    return "base" if r == 1 else checkpoint_of(wildcards.method, r - 1)
+
+
+def round_init_inputs(wildcards):
+    r = int(wildcards.round)
+    if r == 1:
+        return base_model_files()
+    return [checkpoint_of(wildcards.method, r - 1)]
+
+
+def samples_of(method, r):
+    """Decoder-only rounds keep the base policy, so they score the base samples."""
+    if int(r) == 0 or METHODS[method]["mode"] == "decoder":
+        return "results/base/round_0/samples.parquet"
+    return f"{round_dir(method, r)}/samples.parquet"
+
+
+def score_samples(wildcards):
+    return samples_of(wildcards.method, wildcards.round)
+
+
+def score_checkpoint(wildcards):
+    return checkpoint_of(wildcards.method, wildcards.round)
+
+
+def score_checkpoint_inputs(wildcards):
+    if int(wildcards.round) == 0:
+        return [ASSETS["vq"]["checkpoint"]]
+    return [checkpoint_of(wildcards.method, wildcards.round)]
+
+
+def fid_reference_path():
+    from ranke.fid_reference import reference_key_from_config
+
+    return f"resources/fid/{reference_key_from_config(config)}.pt"
+
+
+def all_metrics():
+    paths = ["results/base/round_0/metrics.parquet"]
+    paths += [
+        f"{round_dir(m, r)}/metrics.parquet" for m in TRAINED for r in range(1, N_ROUNDS + 1)
+    ]
+    return paths
+
+
+def all_train_logs():
+    return [
+        f"{round_dir(m, r)}/train_log.parquet" for m in TRAINED for r in range(1, N_ROUNDS + 1)
+    ]
+
+
+def final_grids():
+    grids = ["results/base/round_0/grid.png"]
+    grids += [f"{round_dir(m, N_ROUNDS)}/grid.png" for m in TRAINED]
+    return grids
+
+
+def demo_outputs():
+    return ["results/demo/quality.parquet"] if DEMO else []
+
+
+REPORT_FILES = [
+    "main_table.md",
+    "main_table.tex",
+    "main_table.csv",
+    "rounds_table.md",
+    "rounds_table.csv",
+    "curves.png",
+    "pareto.png",
+    "code_shift.png",
+    "train_curves.png",
+    "samples.png",
+]
+
+
+def report_outputs():
+    return [f"results/report/{name}" for name in REPORT_FILES]
+
+
+def parent_dir_of_weights(wildcards, output):
+    """The demo CLIP stage writes a directory; its rule declares the two files in it."""
+    return str(Path(output.weights).parent)

@@ -1,0 +1,126 @@
+# The demo world: a synthetic captioned-shapes dataset in COCO layout and the tiny base models,
+# trained from scratch and saved in the formats of their real counterparts. Only for demo.enabled.
+
+if DEMO:
+
+    rule demo_data:
+        output:
+            directory(ASSETS["coco_root"]),
+        params:
+            cfg=stage_config("demo"),
+        conda:
+            CONDA_ENV
+        log:
+            "logs/demo/data.log",
+        resources:
+            runtime=res("default", "runtime"),
+            mem_mb=res("default", "mem_mb"),
+        shell:
+            "python -m ranke demo-data --config-json {params.cfg:q} --out {output:q} 2> {log:q}"
+
+    rule demo_vq:
+        input:
+            coco=ASSETS["coco_root"],
+        output:
+            ASSETS["vq"]["checkpoint"],
+        params:
+            cfg=stage_config("demo"),
+        conda:
+            CONDA_ENV
+        log:
+            "logs/demo/vq.log",
+        threads: 2
+        resources:
+            runtime=res("demo_train", "runtime"),
+            mem_mb=res("demo_train", "mem_mb"),
+            gpu=res("demo_train", "gpu"),
+            cpus_per_gpu=res("demo_train", "cpus_per_gpu"),
+        shell:
+            "python -m ranke demo-train vq --config-json {params.cfg:q} --coco {input.coco:q}"
+            " --out {output:q} 2> {log:q}"
+
+    rule demo_text:
+        input:
+            coco=ASSETS["coco_root"],
+        output:
+            directory(ASSETS["text_encoder"]["path"]),
+        params:
+            cfg=stage_config("demo"),
+        conda:
+            CONDA_ENV
+        log:
+            "logs/demo/text.log",
+        resources:
+            runtime=res("default", "runtime"),
+            mem_mb=res("default", "mem_mb"),
+        shell:
+            "python -m ranke demo-train text --config-json {params.cfg:q} --coco {input.coco:q}"
+            " --out {output:q} 2> {log:q}"
+
+    rule demo_clip:
+        input:
+            coco=ASSETS["coco_root"],
+        output:
+            config=ASSETS["clip"]["config"],
+            weights=ASSETS["clip"]["weights"],
+        params:
+            cfg=stage_config("demo"),
+            outdir=parent_dir_of_weights,
+        conda:
+            CONDA_ENV
+        log:
+            "logs/demo/clip.log",
+        threads: 2
+        resources:
+            runtime=res("demo_train", "runtime"),
+            mem_mb=res("demo_train", "mem_mb"),
+            gpu=res("demo_train", "gpu"),
+            cpus_per_gpu=res("demo_train", "cpus_per_gpu"),
+        shell:
+            "python -m ranke demo-train clip --config-json {params.cfg:q} --coco {input.coco:q}"
+            " --out {params.outdir:q} 2> {log:q}"
+
+    rule demo_gpt:
+        input:
+            tokens="results/tokens/train.parquet",
+            text=ASSETS["text_encoder"]["path"],
+        output:
+            ASSETS["gpt"]["checkpoint"],
+        params:
+            cfg=stage_config("demo"),
+        conda:
+            CONDA_ENV
+        log:
+            "logs/demo/gpt.log",
+        threads: 2
+        resources:
+            runtime=res("demo_train", "runtime"),
+            mem_mb=res("demo_train", "mem_mb"),
+            gpu=res("demo_train", "gpu"),
+            cpus_per_gpu=res("demo_train", "cpus_per_gpu"),
+        shell:
+            "python -m ranke demo-train gpt --config-json {params.cfg:q} --tokens {input.tokens:q}"
+            " --t5 {input.text:q} --out {output:q} 2> {log:q}"
+
+    rule demo_quality:
+        input:
+            models=base_model_files(),
+            clip=ASSETS["clip"]["weights"],
+            tokens="results/tokens/val.parquet",
+        output:
+            "results/demo/quality.parquet",
+        params:
+            cfg=stage_config("demo", "sampling"),
+        conda:
+            CONDA_ENV
+        log:
+            "logs/demo/quality.log",
+        threads: 2
+        resources:
+            runtime=res("demo_train", "runtime"),
+            mem_mb=res("demo_train", "mem_mb"),
+            gpu=res("demo_train", "gpu"),
+            cpus_per_gpu=res("demo_train", "cpus_per_gpu"),
+        shell:
+            "python -m ranke demo-quality --config-json {params.cfg:q} --tokens {input.tokens:q}"
+            " --out {output:q} 2> {log:q}"

@@ -1,0 +1,43 @@
+# COCO layout -> one row per image with its captions and VQ codes, and the real-code histogram.
+
+
+rule tokenize:
+    input:
+        coco=ASSETS["coco_root"],
+        vq=ASSETS["vq"]["checkpoint"],
+    output:
+        "results/tokens/{split}.parquet",
+    params:
+        cfg=stage_config("tokenize"),
+    conda:
+        CONDA_ENV
+    log:
+        "logs/tokenize/{split}.log",
+    threads: 2
+    resources:
+        runtime=res("tokenize", "runtime"),
+        mem_mb=res("tokenize", "mem_mb"),
+        gpu=res("tokenize", "gpu"),
+        cpus_per_gpu=res("tokenize", "cpus_per_gpu"),
+    shell:
+        "python -m ranke tokenize split --config-json {params.cfg:q} --split {wildcards.split}"
+        " --out {output:q} 2> {log:q}"
+
+
+rule code_histogram:
+    input:
+        f"results/tokens/{config['tokenize']['histogram_split']}.parquet",
+    output:
+        "results/tokens/code_hist.parquet",
+    params:
+        codebook_size=ASSETS["vq"]["arch"].get("codebook_size", 16384),
+    conda:
+        CONDA_ENV
+    log:
+        "logs/tokenize/code_hist.log",
+    resources:
+        runtime=res("default", "runtime"),
+        mem_mb=res("default", "mem_mb"),
+    shell:
+        "python -m ranke tokenize histogram --tokens {input:q}"
+        " --codebook-size {params.codebook_size} --out {output:q} 2> {log:q}"
