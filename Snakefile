@@ -5,12 +5,15 @@
 #
 # Data flows one way: COCO (or the demo world) -> tokens -> prompts -> samples -> rounds -> metrics -> report.
 
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.20")
 
 
-configfile: "config.yaml"
+# Resolved next to this file, so `snakemake -s <repo>/Snakefile --directory <elsewhere>` works too.
+configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 include: "workflow/rules/common.smk"

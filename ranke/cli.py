@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prompts": ("ranke.prompts", "evaluation prompt set (COCO-30K protocol) -> prompts.parquet"),
     "sample": ("ranke.generate", "generate codes for the eval prompts -> samples.parquet"),
     "round": ("ranke.train.launch", "run one training round (submitit job) -> checkpoint dir"),
+    "fid-reference": ("ranke.fid_reference", "reference FID statistics of the real images (cached by key)"),
     "score": ("ranke.score", "decode + FID + CLIP + code shift -> metrics.parquet"),
     "report": ("ranke.report.build", "tables and plots from all metrics"),
     "check-assets": ("ranke.config", "validate a config and list missing asset files"),

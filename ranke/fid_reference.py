@@ -137,7 +137,8 @@ def compute_reference(cfg: dict, device=None, *, batch_size: int | None = None, 
     meta = expected_metadata(cfg)
     ref = (cfg.get("score") or {}).get("fid_reference") or {}
     batch_size = batch_size or int((cfg.get("score") or {}).get("batch_size", 100))
-    workers = int(ref.get("workers", min(8, os.cpu_count() or 1))) if workers is None else workers
+    # CPUs this job may use (SLURM restricts the affinity; os.cpu_count() would report the whole node)
+    workers = int(ref.get("workers", min(8, len(os.sched_getaffinity(0))))) if workers is None else workers
 
     files = select_images(meta["dataset_root"], meta["split"], meta["subset_n"], meta["subset_seed"])
     if len(files) < 2:

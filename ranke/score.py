@@ -43,6 +43,9 @@ DECODER_FILES = {"online": "decoder.pt", "ema": "decoder_ema.pt"}
 def decoder_path(cfg: dict, checkpoint: str | Path) -> tuple[Path, str]:
     """(VQ weights file, which) for "base" or a round checkpoint directory."""
     if str(checkpoint) == "base":
+        kind = cfg.get("backbone", "llamagen")
+        if kind != "llamagen":  # the base VQ lives inside the backbone's own model directory
+            return Path(cfg["assets"][kind]["path"]), "base"
         path = Path(cfg["assets"]["vq"]["checkpoint"])
         if not path.is_file():
             raise FileNotFoundError(f"assets.vq.checkpoint: base VQ weights not found: {path}")
@@ -56,15 +59,50 @@ def decoder_path(cfg: dict, checkpoint: str | Path) -> tuple[Path, str]:
     return path, which
 
 
-def load_decoder(cfg: dict, checkpoint: str | Path, device: torch.device):
-    """(backbone, vq, which, path): the backbone provides decode(vq, codes (B, h*w)) -> [-1, 1]."""
-    from ranke.models.factory import build_backbone
+class VQDecoder:
+    """Decode-only LlamaGen path: the VQ of `path` without loading the GPT policy or text encoder
+    (same arithmetic as LlamaGenBackbone.decode)."""
 
+    def __init__(self, arch: dict, path: Path, image_size: int, device: torch.device):
+        from ranke.models.backbone import build_vq
+        from ranke.models.checkpoints import load_into
+
+        vq = build_vq(arch)
+        if image_size % vq.downsample:
+            raise ValueError(f"image_size {image_size} is not a multiple of the VQ downsampling {vq.downsample}")
+        self.vq = load_into(vq, path).to(device).eval().requires_grad_(False)
+        side = image_size // vq.downsample
+        self.grid = (side, side)
+        self.codebook_size = int(vq.codebook_size)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (B, h*w) -> images (B,3,H,W) in [-1, 1]."""
+        return self.vq.decode_codes(codes, self.grid).clamp(-1, 1)
+
+
+class BackboneDecoder:
+    """Any other backbone (e.g. Janus): its own decode(vq, codes) and load_vq(path)."""
+
+    def __init__(self, cfg: dict, path: Path, which: str, device: torch.device):
+        from ranke.models.factory import build_backbone
+
+        self.backbone = build_backbone(cfg, device, load_text=False)
+        self.vq = self.backbone.vq if which == "base" else self.backbone.load_vq(path)
+        self.vq.eval().requires_grad_(False)
+        self.codebook_size = int(self.backbone.codebook_size)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.backbone.decode(self.vq, codes)
+
+
+def load_decoder(cfg: dict, checkpoint: str | Path, device: torch.device):
+    """(decoder with .decode(codes) -> [-1, 1] and .codebook_size, which, path)."""
     path, which = decoder_path(cfg, checkpoint)
-    backbone = build_backbone(cfg, device, load_text=False)
-    vq = backbone.vq if which == "base" else backbone.load_vq(path)
-    vq.eval().requires_grad_(False)
-    return backbone, vq, which, path
+    if cfg.get("backbone", "llamagen") == "llamagen":
+        decoder = VQDecoder(cfg["assets"]["vq"]["arch"], path, int(cfg["image_size"]), device)
+    else:
+        decoder = BackboneDecoder(cfg, path, which, device)
+    return decoder, which, path
 
 
 def _read_inputs(samples_path, prompts_path) -> pd.DataFrame:
@@ -92,15 +130,16 @@ def write_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
     from torchvision.utils import make_grid
 
     grid = make_grid(images, nrow=min(nrow, len(images)), padding=2, pad_value=255)
-    Image.fromarray(grid.permute(1, 2, 0).cpu().numpy()).save(path)
+    Image.fromarray(grid.permute(1, 2, 0).cpu().numpy()).save(path, format="PNG")
 
 
 def score(cfg: dict, method: str, round_idx: int, samples_path, checkpoint, prompts_path, code_hist_path,
-          fid_ref_path, out_path, png_dir=None) -> pd.DataFrame:
+          fid_ref_path, out_path, png_dir=None, grid_path=None) -> pd.DataFrame:
     """Decode + measure one (method, round); writes `out_path` (schema metrics) and returns it."""
     from ranke.fid_reference import expected_metadata, load_reference
     from ranke.metrics import to_uint8, uint8_to_float
-    from ranke.metrics.clip_score import clip_convention, image_embeddings, load_clip_model, pair_scores, text_embeddings
+    from ranke.metrics.clip_score import (check_clip_files, clip_convention, image_embeddings, load_clip_model,
+                                         pair_scores, text_embeddings)
     from ranke.metrics.fid import fid_statistics, frechet_distance, load_fid_extractor
     from ranke.metrics.shift import code_histogram, real_histograms, shift_metrics
     from ranke.rewards import build_reward
@@ -121,7 +160,13 @@ def score(cfg: dict, method: str, round_idx: int, samples_path, checkpoint, prom
     if reference["meta"]["resolution"] != int(cfg["image_size"]):
         raise ValueError(f"{fid_ref_path}: reference at {reference['meta']['resolution']} px, config image_size {cfg['image_size']}")
 
-    backbone, vq, which, vq_path = load_decoder(cfg, checkpoint, device)
+    # every weight file, before any model loads: one FileNotFoundError naming the config key
+    decoder_path(cfg, checkpoint)
+    check_clip_files(cfg["assets"]["clip"], "assets.clip")
+    if cfg["assets"]["reward"].get("kind", "open_clip") == "open_clip":
+        check_clip_files(cfg["assets"]["reward"], "assets.reward")
+
+    decoder, which, vq_path = load_decoder(cfg, checkpoint, device)
     clip = load_clip_model(cfg["assets"]["clip"], device)
     fid_cfg = cfg["assets"]["fid"]
     same_clip = fid_cfg["extractor"] == "clip-image" and fid_cfg.get("weights") and \
@@ -131,7 +176,7 @@ def score(cfg: dict, method: str, round_idx: int, samples_path, checkpoint, prom
 
     n = len(df)
     codes_all = np.stack(df["codes"].to_numpy()).astype(np.int64)
-    codebook_size = int(backbone.codebook_size)
+    codebook_size = decoder.codebook_size
     log.info("scoring %s round %d: %d samples (%d prompts), decoder %s (%s), batch %d, device %s, autocast %s",
              method, round_idx, n, df["prompt_id"].nunique(), which, vq_path, batch_size, device, dtype)
 
@@ -156,7 +201,7 @@ def score(cfg: dict, method: str, round_idx: int, samples_path, checkpoint, prom
             t0 = time.perf_counter()
             codes = torch.from_numpy(codes_all[rows]).to(device, non_blocking=True)
             with autocast(device, dtype):
-                images = backbone.decode(vq, codes)
+                images = decoder.decode(codes)
             pixels = to_uint8(images)  # exactly what the upstream PNG would hold
             t0 = tick("decode", t0)
             feats.append(extractor.features(pixels))
@@ -174,6 +219,10 @@ def score(cfg: dict, method: str, round_idx: int, samples_path, checkpoint, prom
                 tick("png", t0)
         if png_tmp is not None:
             write_grid(torch.stack([grid_images[i] for i in sorted(grid_images)]), png_tmp / "grid.png")
+    if grid_path is not None:
+        # the report's cross-method sample grid: same prompts and seeds for every method
+        with io.atomic_path(grid_path) as tmp:
+            write_grid(torch.stack([grid_images[i] for i in sorted(grid_images)]), tmp)
     if png_dir:
         log.info("wrote %d PNGs + grid.png (first %d prompts) to %s", n, len(grid_images), png_dir)
 
@@ -244,11 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fid-ref", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--png-dir", default=None, help="also write PNGs + grid.png here (default: config score.write_png)")
+    p.add_argument("--grid", default=None, help="write the fixed-prompt sample grid (PNG) here")
     p.add_argument("--log", default=None)
     args = p.parse_args(argv)
     setup_logging(args.log)
     cfg = parse_config_json(args.config_json)
     log_environment({"stage": "score", "method": args.method, "round": args.round})
     score(cfg, args.method, args.round, args.samples, args.checkpoint, args.prompts, args.code_hist,
-          args.fid_ref, args.out, png_dir=args.png_dir)
+          args.fid_ref, args.out, png_dir=args.png_dir, grid_path=args.grid)
     return 0

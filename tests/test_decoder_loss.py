@@ -19,7 +19,6 @@ from ranke.train.decoder import (
     topk_soft_codes,
 )
 
-torch.set_num_threads(1)
 
 
 def test_tau_schedule_cosine_4_to_1_over_first_20_percent():
@@ -184,3 +183,84 @@ def test_lpips_loads_heads_and_trunk_from_local_files(tmp_path):
     torch.save(full, tmp_path / "lpips_full.pth")
     m2 = build_perceptual({"kind": "lpips-vgg", "weights": str(tmp_path / "lpips_full.pth")})
     assert torch.allclose(m2(x, x.flip(3)), m(x, x.flip(3)))
+
+
+# ---------------------------------------------------------------------------------------------
+# reward models (the reward back-propagation term needs image gradients, and frozen rewards)
+
+
+def _tiny_hf_clip(path):
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    words = ["<pad>", "<unk>", "</s>", "a", "red", "blue", "circle", "square"]
+    tok = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="</s>")
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=16, eos_token_id=2, pad_token_id=0),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=16, patch_size=8),
+        projection_dim=8,
+    )
+    model = CLIPModel(cfg)
+    model.save_pretrained(path)
+    fast.save_pretrained(path)
+    return model
+
+
+def test_hf_clip_reward_is_100_cos_differentiable_and_frozen(tmp_path):
+    import torch.nn.functional as F
+
+    from ranke.rewards import CLIP_MEAN, CLIP_STD, build_reward
+
+    with pytest.raises(FileNotFoundError, match="assets.reward.path"):
+        build_reward({"kind": "hf_clip", "path": str(tmp_path / "nope")})
+    model = _tiny_hf_clip(tmp_path / "clip").eval()
+    reward = build_reward({"kind": "hf_clip", "path": str(tmp_path / "clip")})
+    x = (torch.rand(2, 3, 32, 32) * 2 - 1).requires_grad_(True)
+    caps = ["a red circle", "a blue square"]
+    r = reward(x, caps)
+    # reference: [0,1] -> CLIP mean/std -> bilinear 16 (official order), 100 * cosine
+    px = ((x.detach() + 1) / 2 - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    px = F.interpolate(px, size=(16, 16), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        ie = F.normalize(model.visual_projection(model.vision_model(pixel_values=px).pooler_output), dim=-1)
+        tok = reward.tokenizer(caps, padding=True, return_tensors="pt")
+        te = F.normalize(model.text_projection(model.text_model(**tok).pooler_output), dim=-1)
+    assert torch.allclose(r.detach(), 100 * (ie * te).sum(-1), atol=1e-4)
+    r.sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    assert all(p.grad is None and not p.requires_grad for p in reward.model.parameters())
+    with pytest.raises(ValueError):
+        reward(x, caps[:1])
+
+
+def test_open_clip_reward_matches_clip_score(tmp_path):
+    import json
+
+    from ranke.models.clip import create_clip, load_clip
+    from ranke.rewards import build_reward
+
+    torch.manual_seed(0)
+    cfg_json = {"embed_dim": 8,
+                "vision_cfg": {"image_size": 8, "layers": 1, "width": 16, "patch_size": 4, "head_width": 8},
+                "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+    (tmp_path / "ranke-reward-test-clip.json").write_text(json.dumps(cfg_json))
+    m = create_clip("ranke-reward-test-clip", config=tmp_path / "ranke-reward-test-clip.json")
+    torch.save(m.state_dict(), tmp_path / "w.pt")
+    cfg = {"kind": "open_clip", "model": "ranke-reward-test-clip", "config": str(tmp_path / "ranke-reward-test-clip.json"),
+           "weights": str(tmp_path / "w.pt"), "quick_gelu": False, "prompt_prefix": ""}
+    reward = build_reward(cfg)
+    x = (torch.rand(3, 3, 8, 8) * 2 - 1).requires_grad_(True)
+    caps = ["a red circle", "a blue square", "a red circle"]
+    r = reward(x, caps)
+    assert torch.allclose(r.detach(), load_clip(cfg).score(x.detach(), caps), atol=1e-4)
+    r.sum().backward()
+    assert float(x.grad.abs().sum()) > 0
+    assert all(p.grad is None for p in reward.clip.model.parameters())
+    with pytest.raises(ValueError, match="assets.reward.kind"):
+        build_reward({"kind": "hpsv2"})

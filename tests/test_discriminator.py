@@ -4,7 +4,6 @@ import torch
 
 from ranke.train.discriminator import PatchDiscriminator, discriminator_loss, generator_hinge_loss, hinge_d_loss
 
-torch.set_num_threads(1)
 
 
 def test_patchgan_shapes_and_init():

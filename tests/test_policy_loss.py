@@ -8,7 +8,6 @@ from torch import nn
 
 from ranke.train.policy import ema_update, grpo_advantages, policy_loss
 
-torch.set_num_threads(1)
 
 
 def test_advantages_normalise_per_group_with_unbiased_std():

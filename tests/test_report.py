@@ -43,6 +43,9 @@ DETAILS = {
 def _values(method: str, r: int, rng: np.random.Generator) -> dict[str, float]:
     """Plausible-looking numbers; what matters is that they differ per method and round."""
     t = r / N_ROUNDS
+    if method == "ranke_block":  # an extra RankE variant, slightly different from ranke
+        values = _values("ranke", r, rng)
+        return {k: v + 0.1 * t if k in ("clip_score", "fid", "reward") else v for k, v in values.items()}
     clip = {"base": 31.54, "policy": 31.54 + 0.9 * t, "decoder": 31.54 + 0.2 * t, "ranke": 31.54 + 2.2 * t}[method]
     fid = {"base": 15.24, "policy": 15.24 + 2.5 * t, "decoder": 15.24 - 0.3 * t, "ranke": 15.24 + 0.4 * t}[method]
     kl = {"base": 0.021, "policy": 0.021 + 0.09 * t, "decoder": 0.021, "ranke": 0.021 + 0.05 * t}[method]
@@ -61,9 +64,9 @@ def _values(method: str, r: int, rng: np.random.Generator) -> dict[str, float]:
     }
 
 
-def write_metrics(root: Path, method: str, r: int, rng, *, details=None, drop=(), like=None) -> Path:
+def write_metrics(root: Path, method: str, r: int, rng, *, details=None, drop=()) -> Path:
     rows = []
-    for metric, value in _values(like or method, r, rng).items():
+    for metric, value in _values(method, r, rng).items():
         if metric in drop:
             continue
         rows.append({
@@ -128,7 +131,7 @@ def make_study(root: Path, *, extra_methods=(), grids=True):
         methods[name] = {"mode": "ranke", "schedule": "round"}
     for m in [m for m in methods if m != "base"]:
         for r in range(1, N_ROUNDS + 1):
-            metrics.append(write_metrics(root, m, r, rng, like=m if m in METHODS else "ranke"))
+            metrics.append(write_metrics(root, m, r, rng, ))
             if m in METHODS:
                 logs.append(write_train_log(root, m, r, rng))
             if grids:
@@ -216,7 +219,7 @@ def test_footnote_comes_from_details(study):
     tex = (study["out"] / "main_table.tex").read_text()
     for fact in ("200 prompts", "200 generated images per method", "CFG 4", "top-k off", "top-p 1",
                  "FID features: demo CLIP image tower", "CLIP score: 100 x mean cosine, demo CLIP, no prefix",
-                 "online decoder weights", "16 px", "Reward model: ranke-demo-clip", "0.01235"):
+                 "online decoder weights", "16 px", "Reward: ranke-demo-clip", "real-data floor", "0.01235"):
         assert fact in md, fact
     assert "FID features: demo CLIP image tower" in tex
     assert "\\toprule" in tex and "\\bottomrule" in tex and "\\textbf{" in tex
@@ -236,6 +239,40 @@ def test_footnote_changes_with_details_and_flags_mismatch(tmp_path):
     paths.append(write_metrics(tmp_path, "ranke", 1, rng, details=dict(other, cfg_scale=7.5)))
     t = tables.main_table(tables.load_metrics(paths), METHODS)
     assert "CFG 6 (Base, Policy-only (std. RL)); 7.5 (RankE) [differs between methods]" in t.footnote
+
+
+def test_footnote_from_score_stage_details(tmp_path):
+    """The score stage's layout: common keys on every row, conventions/labels on their metric's row."""
+    common = {"n_prompts": 50, "n_samples": 50, "image_size": 32, "cfg_scale": 4.0, "temperature": 1.0,
+              "top_k": 0, "top_p": 1.0, "sampling_seed": 42, "decoder": "ema", "backbone": "llamagen"}
+    per_metric = {
+        "clip_score": ("ranke-demo-clip", {"convention": "100 x mean cosine, demo CLIP, prefix ''"}),
+        "fid": ("clip-image", {"label": "FID (demo CLIP features)", "reference_images": 300,
+                               "feature_layer": "image_embeds", "weights_sha256": "ab12"}),
+        "code_kl": ("vq-codes", {"kl": "KL(generated || real), nats", "entropy": "bits", "codebook_size": 256}),
+        "code_kl_real_floor": ("vq-codes", {"kl": "KL(real half A || real half B), nats"}),
+        "reward": ("ranke-demo-clip", {"kind": "open_clip", "convention": "100 x mean cosine"}),
+        "wall_time_s": ("", {"timing_s": {"fid": 1.0}}),
+    }
+    paths = []
+    for method, r in (("base", 0), ("policy", 1), ("ranke", 1)):
+        rows = [{"method": method, "round": r, "step": 10 * r, "metric": m, "n": 50,
+                 "value": 0.0123 if m == "code_kl_real_floor" else 1.0 + r,
+                 "extractor": ext, "details": json.dumps({**common, "decoder_path": f"/x/{method}/vq.pt", **d})}
+                for m, (ext, d) in per_metric.items()]
+        paths.append(tmp_path / method / "metrics.parquet")
+        write_parquet(pd.DataFrame(rows), paths[-1], "metrics")
+    note = tables.main_table(tables.load_metrics(paths), METHODS).footnote
+    for fact in ("Protocol: 50 prompts, 50 generated images per method, 32 px, CFG 4, temperature 1, top-k off, "
+                 "top-p 1, ema decoder weights.",
+                 "FID (demo CLIP features), extractor clip-image (50 generated, 300 real images).",
+                 "CLIP score: 100 x mean cosine, demo CLIP, prefix ''.",
+                 "Reward: ranke-demo-clip, 100 x mean cosine.",
+                 "code-KL: KL(generated || real), nats; real-data floor (two halves of the real codes) 0.0123.",
+                 "Other protocol facts: backbone llamagen, sampling_seed 42."):
+        assert fact in note, (fact, note)
+    for noise in ("decoder_path", "sha256", "timing", "differs", "half A"):
+        assert noise not in note
 
 
 def test_rounds_table_equals_metrics(study):
@@ -275,6 +312,7 @@ def _check_figure_files(out: Path, stem: str):
         assert np.asarray(im.convert("L")).std() > 5  # not a blank canvas
     data = pdf.read_bytes()
     assert data.startswith(b"%PDF-") and b"%%EOF" in data[-64:] and len(data) > 1000
+    assert b"/FontFile2" in data  # TrueType fonts (pdf.fonttype 42): the style is applied at save time
 
 
 def test_all_figures_written(study):
@@ -290,11 +328,30 @@ def test_samples_grid_rows_per_method(study):
     infos = tables.method_infos(study["methods"], set(study["methods"]))
     grids = sorted(study["root"].glob("*/round_*/grid.png"))
     fig = plots.plot_samples(grids, infos, tile=16)
-    labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
-    assert labels == ["Base", "Policy-only\n(std. RL)\n(round 3)", "Decoder-only\n(round 3)", "RankE (round\n3)"] or \
-        [lab.replace("\n", " ") for lab in labels] == ["Base", "Policy-only (std. RL) (round 3)",
-                                                       "Decoder-only (round 3)", "RankE (round 3)"]
-    assert sum(1 for ax in fig.axes if ax.images) == 4 * 4  # 4 methods x 4 prompts (tiles of 16 px)
+    (ax,) = fig.axes
+    labels = [t.get_text() for t in ax.texts]
+    assert labels == ["Base", "Policy-only\n(std. RL)\n(round 3)", "Decoder-only\n(round 3)", "RankE\n(round 3)"]
+    canvas = ax.images[0].get_array()
+    assert canvas.shape == (4 * 16 + 3 * 1, 4 * 16 + 3 * 1, 3)  # 4 methods x 4 prompts of 16 px, 1 px gaps
+    tiles = plots.load_grid(study["root"] / "ranke" / "round_3" / "grid.png", 16)
+    assert np.array_equal(canvas[3 * 17:3 * 17 + 16, 17:33], tiles[1])  # RankE row, second prompt
+
+
+def test_split_tiles_layouts():
+    tile, pad = 4, 2
+    imgs = [np.full((tile, tile, 3), 10 * (i + 1), np.uint8) for i in range(5)]
+    # torchvision make_grid(nrow=4, padding=2, pad_value=255): 2 rows, the last 3 cells white
+    grid = np.full((2 * (tile + pad) + pad, 4 * (tile + pad) + pad, 3), 255, np.uint8)
+    for k, im in enumerate(imgs):
+        i, j = divmod(k, 4)
+        grid[pad + i * (tile + pad): pad + i * (tile + pad) + tile, pad + j * (tile + pad): pad + j * (tile + pad) + tile] = im
+    tiles = plots.split_tiles(grid, tile)
+    assert len(tiles) == 5 and all(np.array_equal(a, b) for a, b in zip(tiles, imgs))
+    strip = np.concatenate(imgs, axis=1)  # plain mosaic, and a strip without a tile size
+    assert len(plots.split_tiles(strip, tile)) == 5 and len(plots.split_tiles(strip)) == 5
+    assert len(plots.split_tiles(np.zeros((5, 7, 3), np.uint8), tile)) == 1  # unknown layout: whole
+    assert plots.parse_grid_path("results/ranke/round_3/images/grid.png") == ("ranke", 3)
+    assert plots.parse_grid_path("results/base/round_0/grid.png") == ("base", 0)
 
 
 def test_global_steps_handles_restarting_and_cumulative_counts():
@@ -327,17 +384,33 @@ def test_missing_optional_inputs_and_metrics(tmp_path):
     assert "–" in md and "vs RL" not in md
 
 
-def test_unknown_method_gets_its_name_and_cli(tmp_path):
-    methods, metrics, logs, grids = make_study(tmp_path, extra_methods=("ranke_block",), grids=False)
-    out = tmp_path / "report"
-    rc = build.main(["--config-json", json.dumps({"methods": methods}), "--metrics", *map(str, metrics),
-                     "--train-logs", *map(str, logs), "--out-dir", str(out)])
-    assert rc == 0
-    main = pd.read_csv(out / "main_table.csv")
+def test_unknown_method_gets_its_name(tmp_path):
+    methods, metrics, _, _ = make_study(tmp_path, extra_methods=("ranke_block",), grids=False)
+    t = tables.main_table(tables.load_metrics(metrics), methods)
+    main = t.rows.set_index("method")
     assert list(main.label) == ["Base", "Policy-only (std. RL)", "Decoder-only", "RankE", "ranke_block"]
-    assert main.loc[main.method == "ranke_block", "decoder"].iloc[0] == "co-evolved"
-    assert main.loc[main.method == "ranke_block", "clip_score_delta"].notna().all()  # ranke mode: delta too
-    assert not (out / "samples.png").exists()
+    assert main.loc["ranke_block", "decoder"] == "co-evolved"
+    assert t.delta_methods == ["ranke", "ranke_block"]  # every RankE-mode method gets its delta
+    assert np.isfinite(main.loc["ranke_block", [f"{m}_delta" for m in tables.MAIN_METRICS]]).all()
+    # a config `label` wins over the built-in names
+    t = tables.main_table(tables.load_metrics(metrics), dict(methods, ranke={"mode": "ranke", "label": "RankE (ours)"}))
+    assert "RankE (ours)" in tables.main_table_markdown(t)
+
+
+def test_cli_forwards_arguments(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(build, "report", lambda *a, **k: seen.update(args=a, kwargs=k))
+    cfg = {"methods": METHODS, "report": {"grid_prompts": 3}}
+    rc = build.main(["--config-json", json.dumps(cfg), "--metrics", "a.parquet", "b.parquet",
+                     "--grids", "base/round_0/grid.png", "--out-dir", str(tmp_path / "r")])
+    assert rc == 0
+    assert seen["args"] == (["a.parquet", "b.parquet"], [], ["base/round_0/grid.png"], METHODS, str(tmp_path / "r"))
+    assert seen["kwargs"] == {"prompts_path": None, "grid_prompts": 3}
+    from ranke import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["report", "--help"])
+    assert e.value.code == 0
 
 
 def test_duplicate_metric_rows_are_an_error(tmp_path):
@@ -350,3 +423,36 @@ def test_duplicate_metric_rows_are_an_error(tmp_path):
 
 def test_latex_escape():
     assert tables.latex_escape("ranke_block 50% & #1") == r"ranke\_block 50\% \& \#1"
+
+
+def test_html_tables(study):
+    page = (study["out"] / "main_table.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("<tr>") == 1 + 4
+    md = (study["out"] / "main_table.md").read_text()
+    assert page.count("<b>") == md.count("**") // 2  # same cells in bold
+    assert "demo CLIP image tower" in page and "vs RL" in page
+    rounds = (study["out"] / "rounds_table.html").read_text()
+    assert rounds.count("<tr>") == 1 + 1 + 3 * N_ROUNDS
+
+
+@pytest.mark.parametrize("config", ["shipped", "empty"])
+def test_report_captions_render(config):
+    """Captions are Jinja + reStructuredText (as `snakemake --report` renders them), without warnings."""
+    import jinja2
+    import yaml
+    from docutils.core import publish_parts
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((root / "config.yaml").read_text()) if config == "shipped" else {}
+    captions = sorted((root / "workflow" / "report").glob("*.rst"))
+    assert {p.stem for p in captions} >= {"main_table", "rounds_table", "curves", "pareto", "code_shift",
+                                         "train_curves", "samples"}
+    snakemake = type("S", (), {"config": cfg})()
+    for path in captions:
+        text = jinja2.Environment().from_string(path.read_text()).render(snakemake=snakemake)
+        body = publish_parts(text, writer="html",
+                             settings_overrides={"report_level": 2, "halt_level": 2})["body"]
+        assert "system-message" not in body and len(body) > 100, path.name
+    if config == "shipped":
+        text = jinja2.Environment().from_string((root / "workflow/report/samples.rst").read_text())
+        assert f"first {cfg['report']['grid_prompts']}" in text.render(snakemake=snakemake)

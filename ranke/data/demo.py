@@ -234,8 +234,8 @@ def _jitter_rgb(rgb: tuple[int, int, int], rng: np.random.Generator, amount: int
 def render(scene: Scene, image_size: int, jitter: float, rng: np.random.Generator) -> Image.Image:
     """Draw one scene; centre, scale and colours are jittered from `rng`."""
     big = image_size * _SUPERSAMPLE
-    bg = _jitter_rgb(COLOURS[scene.background], rng, 12)
-    fg = _jitter_rgb(COLOURS[scene.colour], rng, 20)
+    bg = _jitter_rgb(COLOURS[scene.background], rng, 8)
+    fg = _jitter_rgb(COLOURS[scene.colour], rng, 12)
     px, py = POSITIONS[scene.position]
     cx = (px + rng.uniform(-jitter, jitter)) * big
     cy = (py + rng.uniform(-jitter, jitter)) * big
@@ -290,6 +290,16 @@ def sample_scene(cfg: DemoDatasetConfig, rng: np.random.Generator) -> Scene:
         position=cfg.positions[rng.integers(len(cfg.positions))],
         size=cfg.sizes[rng.integers(len(cfg.sizes))],
     )
+
+
+def grammar_sentences() -> list[str]:
+    """Sentences that together use every word the caption grammar can produce (for vocabularies)."""
+    out = [re.sub(r"\{[^}]*\}", " ", t) for t in _TEMPLATES]
+    out += [p.format(bg=c) for p in _BACKGROUND_PHRASES for c in COLOURS]
+    for table in (_SIZE_WORDS, _SHAPE_WORDS, _POSITION_WORDS):
+        out += [w for words in table.values() for w in words]
+    out += list(COLOURS) + ["an", "a"]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -368,5 +378,5 @@ def write_demo_coco(root: str | os.PathLike, dataset_cfg: dict, image_size: int)
 
 __all__ = [
     "COLOURS", "SHAPES", "POSITIONS", "SIZES", "DemoDatasetConfig", "Scene", "validate_config",
-    "render", "captions_for", "sample_scene", "image_file_name", "write_demo_coco",
+    "render", "captions_for", "grammar_sentences", "sample_scene", "image_file_name", "write_demo_coco",
 ]

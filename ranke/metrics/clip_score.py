@@ -53,7 +53,9 @@ def load_clip_model(clip_cfg: dict, device, key: str = "assets.clip"):
     check_clip_files(clip_cfg, key)
     from ranke.models.clip import load_clip
 
-    return load_clip(clip_cfg, torch.device(device))
+    clip = load_clip(clip_cfg, torch.device(device), key=key)
+    log.info("CLIP score model: %s", clip_convention(clip_cfg))
+    return clip
 
 
 @torch.no_grad()

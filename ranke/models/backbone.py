@@ -122,8 +122,10 @@ class LlamaGenBackbone:
         load_into(policy, gpt_ckpt)
         text = None
         if load_text:
+            # T5 runs in bf16 on GPU (as upstream LlamaGen and the RankE scripts), fp32 on CPU
+            bf16 = amp_dtype == torch.bfloat16 or (amp_dtype == "auto" and device.type == "cuda")
             text = TextEncoder(te["path"], max_length=te["max_length"], padding=te.get("padding", "right"),
-                               device=device)
+                               device=device, dtype=torch.bfloat16 if bf16 else torch.float32)
             if text.dim != policy.config.caption_dim:
                 raise ValueError(
                     f"text encoder width {text.dim} ({te['path']}) != gpt caption_dim {policy.config.caption_dim}"

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 UNCOND_ROWS = 120  # upstream CaptionEmbedder's fixed token_num
 
@@ -185,11 +186,15 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
         self.resid_dropout = nn.Dropout(cfg.resid_dropout_p)
 
-    def forward(self, x, rope, mask, cache: tuple[torch.Tensor, torch.Tensor] | None = None, start: int = 0):
-        """x (B,S,D); mask (B,1,S,K) bool, K = S without cache, start + S with one.
+    def forward(self, x, rope, mask, cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+                start: int | torch.Tensor = 0, kv_len: int | None = None):
+        """x (B,S,D); mask (B,1,S,K) bool (True = attend).
 
-        With `cache` = (k_buf, v_buf) of shape (B, n_kv, max_len, hd) the new keys/values are
-        written at [start, start+S) and attention runs over the filled prefix [0, start+S) only.
+        Without `cache`, K = S. With `cache` = (k_buf, v_buf), each (B, n_kv, max_len, hd), the new
+        keys/values are written at positions [start, start + S) and attention runs over the first
+        K = kv_len (default start + S) cache slots only. `start` may be a 1-element device tensor
+        (S = 1): the static-shape decode step that a CUDA graph can replay (then the caller's
+        mask hides the not-yet-written slots below kv_len).
         """
         b, s, _ = x.shape
         q, k, v = self.wqkv(x).split([self.n_head * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], -1)
@@ -198,13 +203,19 @@ class Attention(nn.Module):
         v = v.view(b, s, self.n_kv, self.hd).transpose(1, 2)
         if cache is not None:
             kb, vb = cache
-            kb[:, :, start : start + s] = k
-            vb[:, :, start : start + s] = v
-            k, v = kb[:, :, : start + s], vb[:, :, : start + s]
+            if isinstance(start, torch.Tensor):
+                kb.index_copy_(2, start, k.to(kb.dtype))
+                vb.index_copy_(2, start, v.to(vb.dtype))
+                end = kv_len
+            else:
+                kb[:, :, start : start + s] = k
+                vb[:, :, start : start + s] = v
+                end = start + s if kv_len is None else kv_len
+            k, v = kb[:, :, :end], vb[:, :, :end]
         if self.n_kv != self.n_head:
             k = k.repeat_interleave(self.n_head // self.n_kv, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
         return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(b, s, -1)))
 
 
@@ -216,8 +227,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
-    def forward(self, x, rope, mask, cache=None, start: int = 0):
-        h = x + self.attention(self.attention_norm(x), rope, mask, cache, start)
+    def forward(self, x, rope, mask, cache=None, start: int | torch.Tensor = 0, kv_len: int | None = None):
+        h = x + self.attention(self.attention_norm(x), rope, mask, cache, start, kv_len)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -262,6 +273,7 @@ class GPT(nn.Module):
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         # not in the state dict (upstream keeps it outside too); always float32, see _apply
         self.register_buffer("rope", rope_table(cfg), persistent=False)
+        self.gradient_checkpointing = False  # trainers may switch it on (config train.gradient_checkpointing)
         self._init_weights()
 
     def _init_weights(self):
@@ -277,6 +289,10 @@ class GPT(nn.Module):
         if self.rope.dtype != torch.float32 and self.rope.device.type != "meta":
             self.rope = rope_table(self.config).to(self.rope.device)
         return self
+
+    def reset_rope(self) -> None:
+        """Recompute the RoPE table (needed after `to_empty()` from the meta device)."""
+        self.rope = rope_table(self.config).to(self.output.weight.device)
 
     # -- pieces used by the sampler ------------------------------------------------------------
 
@@ -321,12 +337,22 @@ class GPT(nn.Module):
         r = torch.rand(batch, generator=generator, device=generator.device if generator else device)
         return (r < self.config.class_dropout_prob).to(device)
 
-    def run_layers(self, x, start: int, mask, caches=None) -> torch.Tensor:
-        """Transformer trunk over positions [start, start + S); returns final hidden states (pre-norm)."""
-        rope = self.rope[start : start + x.shape[1]]
+    def run_layers(self, x, start: int | torch.Tensor, mask, caches=None, kv_len: int | None = None) -> torch.Tensor:
+        """Transformer trunk over positions [start, start + S); returns final hidden states (pre-norm).
+
+        `start` may be a 1-element device tensor (one-token decode step with static shapes)."""
+        if isinstance(start, torch.Tensor):
+            rope = self.rope.index_select(0, start)
+        else:
+            rope = self.rope[start : start + x.shape[1]]
         x = self.tok_dropout(x)
+        if self.gradient_checkpointing and caches is None and self.training and torch.is_grad_enabled():
+            # recompute each block in the backward pass: activation memory of one block, not n_layer
+            for layer in self.layers:
+                x = torch.utils.checkpoint.checkpoint(layer, x, rope, mask, use_reentrant=False)
+            return x
         for i, layer in enumerate(self.layers):
-            x = layer(x, rope, mask, None if caches is None else caches[i], start)
+            x = layer(x, rope, mask, None if caches is None else caches[i], start, kv_len)
         return x
 
     def head(self, h: torch.Tensor) -> torch.Tensor:

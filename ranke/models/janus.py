@@ -37,12 +37,13 @@ import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ranke.io import save_torch
+from ranke.io import atomic_path, save_torch
 from ranke.sampling import _sample_from, _step_logprobs, _uniforms
 
 log = logging.getLogger("ranke.models.janus")
@@ -67,6 +68,12 @@ class JanusCond:
     def __len__(self) -> int:
         return self.ids.shape[0]
 
+    @property
+    def emb(self) -> torch.Tensor:
+        """The conditioning tensor under Cond's name, so generic `policy(cond.emb, cond.mask, codes)`
+        calls work with either backbone (for Janus it holds token ids, not features)."""
+        return self.ids
+
     def repeat_interleave(self, g: int) -> "JanusCond":
         return JanusCond(self.ids.repeat_interleave(g, dim=0), self.mask.repeat_interleave(g, dim=0))
 
@@ -75,6 +82,14 @@ class JanusCond:
 
     def to(self, device) -> "JanusCond":
         return JanusCond(self.ids.to(device), self.mask.to(device))
+
+    @staticmethod
+    def cat(conds: Sequence["JanusCond"]) -> "JanusCond":
+        """Concatenate batches, re-padding on the left to the longest (masked pads are never read)."""
+        T = max(c.ids.shape[1] for c in conds)
+        ids = [F.pad(c.ids, (T - c.ids.shape[1], 0), value=0) for c in conds]
+        mask = [F.pad(c.mask, (T - c.mask.shape[1], 0), value=False) for c in conds]
+        return JanusCond(torch.cat(ids), torch.cat(mask))
 
 
 def unconditional_ids(ids: torch.Tensor, mask: torch.Tensor, pad_id: int) -> torch.Tensor:
@@ -149,6 +164,7 @@ class JanusPolicy(nn.Module):
         self.generation_aligner = generation_aligner
         self.generation_head = generation_head
         self._cache_kw = _cache_kwarg(language_model)
+        self._grad_ckpt = False
 
     @property
     def dtype(self) -> torch.dtype:
@@ -166,15 +182,50 @@ class JanusPolicy(nn.Module):
     def trunk(self, inputs_embeds, attention_mask, position_ids, cache=None) -> torch.Tensor:
         """Final-norm hidden states of the Llama trunk; `cache` (if given) is updated in place."""
         kwargs = {self._cache_kw: cache, "use_cache": cache is not None}
-        out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask.long(),
-                                  position_ids=position_ids, **kwargs)
+        # transformers only checkpoints layers in train mode, while the rounds score log-probs in
+        # eval mode (dropout off): switch the trunk to train mode for that forward. Numerically
+        # the same, since Janus's Llama has attention dropout 0 (checked when enabling).
+        ckpt = self._grad_ckpt and cache is None and torch.is_grad_enabled() and not self.language_model.training
+        if ckpt:
+            self.language_model.train()
+        try:
+            out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask.long(),
+                                      position_ids=position_ids, **kwargs)
+        finally:
+            if ckpt:
+                self.language_model.train(False)
         return out.last_hidden_state
+
+    def forward(self, ids: torch.Tensor, prompt_mask: torch.Tensor, codes: torch.Tensor, *,
+                mask: str = "generation") -> torch.Tensor:
+        """Teacher-forced image-token logits (B, L, V): position i predicts codes[:, i].
+
+        Trunk on [prompt embeddings ; aligner(gen_embed(codes[:, :-1]))] with the prompt's padding
+        mask and position ids = cumsum(mask) - 1, exactly as in sampling. The official Janus
+        scorer uses this same causal mask, so "generation" and "ranke" coincide here.
+        """
+        if mask not in ("generation", "ranke"):
+            raise ValueError(f"mask must be 'generation' or 'ranke', got {mask!r}")
+        B, T = ids.shape
+        L = codes.shape[1]
+        x = torch.cat([self.embed_text(ids), self.embed_image(codes[:, :-1])], dim=1)
+        attn = torch.cat([prompt_mask.long(), prompt_mask.new_ones(B, L - 1, dtype=torch.long)], dim=1)
+        pos = (attn.cumsum(1) - 1).clamp(min=0)
+        return self.image_logits(self.trunk(x, attn, pos)[:, T - 1:])
 
     def new_cache(self):
         return _new_cache(self.language_model.config)
 
     def enable_gradient_checkpointing(self) -> None:
-        self.language_model.gradient_checkpointing_enable()
+        """Recompute each Llama layer in the backward pass of teacher-forced forwards."""
+        if float(getattr(self.language_model.config, "attention_dropout", 0.0) or 0.0) != 0.0:
+            raise ValueError("gradient checkpointing here runs the trunk in train mode: needs attention_dropout 0")
+        lm = self.language_model
+        if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5 (the old name warns)
+            lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self._grad_ckpt = True
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,6 +273,7 @@ class JanusBackbone:
         self.codebook_size = vq.quantize.embedding.weight.shape[0]
         self.pad_id = pad_id
         self.source = source
+        self.vq_file: str | None = None
         self.device = torch.device(device)
 
     @property
@@ -255,17 +307,19 @@ class JanusBackbone:
         kwargs["dtype" if _transformers_major() >= 5 else "torch_dtype"] = dtype
         model = JanusForConditionalGeneration.from_pretrained(path, **kwargs)
         backbone = cls.from_model(model, image_size, device, source=str(path))
+        # the file that identifies the VQ weights (tokens record its sha256)
+        backbone.vq_file = str(next(path / f for f in WEIGHT_FILES if (path / f).exists()))
 
         if load_text:
             proc_path = Path(jcfg.get("processor") or path)
-            if not (proc_path / "processor_config.json").exists() and not (proc_path / "tokenizer_config.json").exists():
+            if not any((proc_path / f).exists() for f in ("processor_config.json", "tokenizer_config.json")):
                 raise FileNotFoundError(f"assets.janus.processor: no processor/tokenizer files in {proc_path}")
             processor = JanusProcessor.from_pretrained(proc_path, local_files_only=True)
             backbone.text = JanusPromptEncoder(processor, device)
-            if backbone.text.pad_id != backbone.pad_id:
-                log.warning("tokenizer pad id %d != model pad id %d; using the tokenizer's",
+            if backbone.pad_id is not None and backbone.text.pad_id != backbone.pad_id:
+                log.warning("tokenizer pad id %s != model pad id %s; using the tokenizer's (CFG null prompt)",
                             backbone.text.pad_id, backbone.pad_id)
-                backbone.pad_id = backbone.text.pad_id
+            backbone.pad_id = backbone.text.pad_id
         log.info("Janus backbone from %s: %s, grid %s, codebook %d, policy %.1fM params, VQ %.1fM params",
                  path, dtype, backbone.grid, backbone.codebook_size,
                  sum(p.numel() for p in backbone.policy.parameters()) / 1e6,
@@ -357,25 +411,16 @@ class JanusBackbone:
 
     def logprobs(self, policy: JanusPolicy, cond: JanusCond, codes: torch.Tensor, *,
                  mask: str = "generation") -> torch.Tensor:
-        """Teacher-forced log p(codes | prompt) per token, (B, h*w), differentiable.
+        """Teacher-forced log p(codes | prompt) per token, (B, h*w), differentiable (no CFG).
 
-        Trunk on [prompt embeddings ; aligner(gen_embed(codes[:, :-1]))] with the prompt's
-        padding mask and position ids = cumsum(mask) - 1, exactly as in sampling. The official
-        Janus scorer uses this same causal mask, so "generation" and "ranke" coincide here.
+        See JanusPolicy.forward for the inputs, mask and positions (identical to sampling).
         """
-        if mask not in ("generation", "ranke"):
-            raise ValueError(f"mask must be 'generation' or 'ranke', got {mask!r}")
         device = self.device
         ids, pmask = cond.ids.to(device), cond.mask.to(device)
-        codes = codes.to(device)
-        B, T = ids.shape
-        if codes.shape != (B, self.seq_len):
+        codes = codes.to(device).long()
+        if codes.shape != (ids.shape[0], self.seq_len):
             raise ValueError(f"codes must be (B, {self.seq_len}), got {tuple(codes.shape)}")
-        x = torch.cat([policy.embed_text(ids), policy.embed_image(codes[:, :-1])], dim=1)
-        attn = torch.cat([pmask.long(), pmask.new_ones(B, self.seq_len - 1, dtype=torch.long)], dim=1)
-        pos = (attn.cumsum(1) - 1).clamp(min=0)
-        hidden = policy.trunk(x, attn, pos)[:, T - 1:]
-        logits = policy.image_logits(hidden).float()
+        logits = policy(ids, pmask, codes, mask=mask).float()
         return logits.log_softmax(-1).gather(-1, codes[..., None]).squeeze(-1)
 
     # ---- VQ --------------------------------------------------------------------------------------
@@ -391,19 +436,28 @@ class JanusBackbone:
 
     def decode(self, vq: nn.Module, codes: torch.Tensor) -> torch.Tensor:
         """Codes (B, h*w) -> images (B, 3, H, W) in [-1, 1], clamped; differentiable w.r.t. the decoder."""
+        return self.decode_unclamped(vq, codes).clamp(-1, 1)
+
+    def decode_unclamped(self, vq: nn.Module, codes: torch.Tensor) -> torch.Tensor:
+        """As `decode` without the clamp (the GT-reconstruction loss uses raw decoder output)."""
         z = codes_to_latents(vq, codes.to(self.device), self.grid)
-        return decode_latents(vq, z).float().clamp(-1, 1)
+        return decode_latents(vq, z).float()
 
     def decode_soft(self, vq: nn.Module, topk_probs: torch.Tensor, topk_idx: torch.Tensor) -> torch.Tensor:
         """LASC: decode the probability-weighted mix of the top-k (l2-normalised) codebook rows.
 
-        topk_probs, topk_idx (B, h*w, k) -> images (B, 3, H, W), not clamped.
+        topk_probs, topk_idx (B, h*w, k); probabilities renormalised over the k entries, as in
+        LlamaGenBackbone.decode_soft. Returns images (B, 3, H, W) clamped to [-1, 1].
         """
+        if topk_probs.shape != topk_idx.shape or topk_idx.dim() != 3:
+            raise ValueError(f"topk_probs and topk_idx must both be (B, L, k), got {tuple(topk_probs.shape)} "
+                             f"and {tuple(topk_idx.shape)}")
         cb = F.normalize(vq.quantize.embedding.weight, dim=-1)
-        z = (topk_probs.to(cb.dtype).unsqueeze(-1) * cb[topk_idx]).sum(-2)  # (B, L, C)
+        w = topk_probs.float() / topk_probs.float().sum(-1, keepdim=True).clamp_min(1e-12)
+        z = (w.to(cb.dtype).unsqueeze(-1) * cb[topk_idx.long().to(cb.device)]).sum(-2)  # (B, L, C)
         B = z.shape[0]
         z = z.view(B, self.grid[0], self.grid[1], -1).permute(0, 3, 1, 2).contiguous()
-        return decode_latents(vq, z).float()
+        return decode_latents(vq, z).float().clamp(-1, 1)
 
     def decoder_parameters(self, vq: nn.Module) -> list[nn.Parameter]:
         """post_quant_conv + decoder; puts the VQ in train mode (JanusVQVAE.__init__ calls eval())."""
@@ -442,12 +496,10 @@ class JanusBackbone:
         """
         from transformers import JanusForConditionalGeneration, JanusProcessor
 
-        from ranke.io import atomic_path
-
         kwargs = {"dtype" if _transformers_major() >= 5 else "torch_dtype": policy.dtype}
         model = JanusForConditionalGeneration.from_pretrained(self.source, local_files_only=True, **kwargs)
-        model.model.load_state_dict({**{k: v for k, v in model.model.state_dict().items()},
-                                     **policy.state_dict(),
+        # policy keys are JanusModel's own names; the understanding tower keeps its base weights
+        model.model.load_state_dict({**model.model.state_dict(), **policy.state_dict(),
                                      **{f"vqmodel.{k}": v for k, v in vq.state_dict().items()}})
         with atomic_path(out_dir, is_dir=True) as tmp:
             model.save_pretrained(tmp)
@@ -544,8 +596,9 @@ def write_tiny_janus(out_dir, *, image_size: int = 64, codebook_size: int = 64, 
                           image_token_embed_dim=hidden)
     config = JanusConfig(text_config=text, vision_config=vision, vq_config=vq,
                          image_token_id=tokenizer.convert_tokens_to_ids("<image_placeholder>"))
-    torch.manual_seed(seed)
-    model = JanusForConditionalGeneration(config)
+    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = JanusForConditionalGeneration(config)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return out_dir

@@ -5,6 +5,9 @@ Upstream fixes the base width at 128; here `ch` is configurable so the demo can 
 one. Every normalisation is GroupNorm(32 groups, eps 1e-6) as upstream, so every channel count
 (ch * m for m in ch_mult) must be a multiple of 32 (the demo uses ch=32).
 
+Speed: decoding is plain convolutions; on GPU `vq.to(memory_format=torch.channels_last)` and
+bf16 autocast are the easy levers (the upstream samplers keep the decoder in fp32).
+
 Upstream quirks kept on purpose (checkpoints load with strict=True):
 - `quantize.codebook_used` is a float buffer of 65536 entries whatever the codebook size.
 - the encoder and decoder share one `ch_mult` here (upstream has two fields, always equal).
@@ -12,7 +15,7 @@ Upstream quirks kept on purpose (checkpoints load with strict=True):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn

@@ -17,17 +17,17 @@ import logging
 import time
 from pathlib import Path
 
+import matplotlib as mpl
 import pandas as pd
 
 from ranke.io import atomic_path, read_parquet, write_json, write_text
 from ranke.report import plots, tables
-from ranke.runtime import parse_config_json, setup_logging
 
 log = logging.getLogger("ranke.report")
 
 OUTPUTS: dict[str, list[str]] = {
-    "main_table": ["main_table.md", "main_table.tex", "main_table.csv"],
-    "rounds_table": ["rounds_table.md", "rounds_table.tex", "rounds_table.csv"],
+    "main_table": ["main_table.md", "main_table.tex", "main_table.csv", "main_table.html"],
+    "rounds_table": ["rounds_table.md", "rounds_table.tex", "rounds_table.csv", "rounds_table.html"],
     "protocol": ["protocol.json"],
     "curves": ["curves.png", "curves.pdf"],
     "pareto": ["pareto.png", "pareto.pdf"],
@@ -38,13 +38,18 @@ OUTPUTS: dict[str, list[str]] = {
 OPTIONAL = {"train_curves", "samples"}
 
 
-def save_figure(fig, out_dir: Path, stem: str) -> list[Path]:
-    """PNG (dpi 200) + PDF, each written atomically; metadata dates dropped for reproducible files."""
+def save_figure(fig, out_dir: Path, stem: str, *, tight: bool = False) -> list[Path]:
+    """PNG (dpi 200) + PDF, each written atomically; metadata dates dropped for reproducible files.
+
+    `tight`: crop to the drawn extent (for figures laid out by hand; costs one extra draw).
+    """
+    extra = {"bbox_inches": "tight", "pad_inches": 0.02} if tight else {}
     paths = []
     for ext, meta in (("png", {"Software": None}), ("pdf", {"CreationDate": None, "ModDate": None})):
         path = out_dir / f"{stem}.{ext}"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=ext, dpi=plots.DPI, bbox_inches="tight", pad_inches=0.02, metadata=meta)
+        # the style is needed at save time too (e.g. pdf.fonttype is read when the PDF is written)
+        with atomic_path(path) as tmp, mpl.rc_context(plots.STYLE):
+            fig.savefig(tmp, format=ext, dpi=plots.DPI, metadata=meta, **extra)
         paths.append(path)
     return paths
 
@@ -84,7 +89,8 @@ def report(
     main = tables.main_table(metrics, config_methods)
     for name, text in (("main_table.md", tables.main_table_markdown(main)),
                        ("main_table.tex", tables.main_table_latex(main)),
-                       ("main_table.csv", tables.main_table_csv(main))):
+                       ("main_table.csv", tables.main_table_csv(main)),
+                       ("main_table.html", tables.main_table_html(main))):
         write_text(text, out_dir / name)
     written["main_table"] = [out_dir / n for n in OUTPUTS["main_table"]]
     log.info("main table:\n%s", tables.main_table_markdown(main))
@@ -92,7 +98,8 @@ def report(
     rounds = tables.rounds_table(metrics, config_methods)
     for name, text in (("rounds_table.md", tables.rounds_table_markdown(rounds)),
                        ("rounds_table.tex", tables.rounds_table_latex(rounds)),
-                       ("rounds_table.csv", tables.rounds_table_csv(rounds))):
+                       ("rounds_table.csv", tables.rounds_table_csv(rounds)),
+                       ("rounds_table.html", tables.rounds_table_html(rounds))):
         write_text(text, out_dir / name)
     written["rounds_table"] = [out_dir / n for n in OUTPUTS["rounds_table"]]
 
@@ -115,7 +122,7 @@ def report(
         k = int(grid_prompts) if grid_prompts else None
         captions = _captions(prompts_path, k or 64)
         fig = plots.plot_samples(grid_paths, infos, tile=tile, captions=captions, max_prompts=k)
-        written["samples"] = save_figure(fig, out_dir, "samples")
+        written["samples"] = save_figure(fig, out_dir, "samples", tight=True)
     else:
         log.info("no sample grids given: samples not written")
 
@@ -142,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--log", default=None, help="also log to this file")
     args = ap.parse_args(argv)
+    from ranke.runtime import parse_config_json, setup_logging  # here: it imports torch, report() needs none
+
     setup_logging(args.log)
+    logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting chatter
     cfg = parse_config_json(args.config_json)
     methods = cfg.get("methods", cfg)
     if not isinstance(methods, dict):

@@ -93,13 +93,17 @@ def _no_data(ax, what: str) -> None:
     ax.set_yticks([])
 
 
-def _legend_on_top(fig: Figure, axes, ncol: int = 2) -> None:
+def _legend_on_top(fig: Figure, axes, ncol: int = 2, order: list[str] | None = None) -> None:
+    """One legend above all panels; entries in `order` (method labels) first, in that order."""
     handles, labels = {}, []
     for ax in np.atleast_1d(axes).ravel():
         for h, lab in zip(*ax.get_legend_handles_labels()):
             if lab not in handles:
                 handles[lab] = h
                 labels.append(lab)
+    if order:
+        rank = {lab: i for i, lab in enumerate(order)}
+        labels.sort(key=lambda lab: rank.get(lab, len(rank)))
     if handles:
         fig.legend([handles[lab] for lab in labels], labels, loc="outside upper center", ncol=ncol,
                    handlelength=1.8, columnspacing=1.0)
@@ -121,7 +125,7 @@ def plot_curves(metrics: pd.DataFrame, infos: dict[str, MethodInfo]) -> Figure:
 
 
 def _metric_vs_step(ax, metrics, infos, metric: str, ylabel: str, *, floor_metric: str | None = None,
-                    floor_label: str = "") -> None:
+                    floor_label: str = "", floor_ls: str = ":") -> None:
     if metric not in set(metrics.metric):
         _no_data(ax, metric)
         ax.set_ylabel(ylabel)
@@ -140,7 +144,7 @@ def _metric_vs_step(ax, metrics, infos, metric: str, ylabel: str, *, floor_metri
         ax.plot(rows["step"], rows[metric], color=st["color"], marker=st["marker"], label=infos[name].label)
     if floor_metric and floor_metric in set(metrics.metric):
         floor = float(metrics.loc[metrics.metric == floor_metric, "value"].median())
-        ax.axhline(floor, color="black", ls=":", lw=0.9, label=floor_label)
+        ax.axhline(floor, color="black", ls=floor_ls, lw=0.9, label=floor_label)
     ax.set_ylabel(ylabel)
 
 
@@ -201,7 +205,7 @@ def plot_code_shift(metrics: pd.DataFrame, infos: dict[str, MethodInfo]) -> Figu
         _metric_vs_step(axes[0], metrics, infos, "code_kl", "code-KL to real ↓",
                         floor_metric="code_kl_real_floor", floor_label="real-data floor")
         _metric_vs_step(axes[1], metrics, infos, "code_entropy_bits", "code entropy (bits)",
-                        floor_metric="code_entropy_bits_real", floor_label="real codes")
+                        floor_metric="code_entropy_bits_real", floor_label="real-data entropy", floor_ls="-.")
         axes[1].set_xlabel("training step")
         _legend_on_top(fig, axes, ncol=3)
     return fig
@@ -290,31 +294,45 @@ def plot_train_curves(train_log: pd.DataFrame, infos: dict[str, MethodInfo]) -> 
         for ax in axes[max(0, len(panels) - ncol): len(panels)]:
             ax.set_xlabel("training step")
             ax.xaxis.set_tick_params(labelbottom=True)
-        _legend_on_top(fig, axes, ncol=3)
+        _legend_on_top(fig, axes, ncol=3, order=[infos[m].label if m in infos else m for m in methods])
     return fig
 
 
 # ----------------------------------------------------------------------------------------------
 # Sample grid across methods (same prompts and seeds)
 
-_GRID_PATH = re.compile(r"(?:^|/)(?P<method>[^/]+)/round_(?P<round>\d+)/[^/]+$")
+_GRID_PATH = re.compile(r"(?:^|/)(?P<method>[^/]+)/round_(?P<round>\d+)/")
 
 
 def parse_grid_path(path: str | Path) -> tuple[str, int]:
-    """results/{method}/round_{r}/grid.png -> (method, r)."""
+    """results/{method}/round_{r}/[images/]grid.png -> (method, r)."""
     m = _GRID_PATH.search(Path(path).as_posix())
     if not m:
-        raise ValueError(f"grid path {path} is not .../{{method}}/round_{{r}}/grid.png")
+        raise ValueError(f"grid path {path} is not .../{{method}}/round_{{r}}/.../grid.png")
     return m.group("method"), int(m.group("round"))
 
 
-def split_tiles(image: np.ndarray, tile: int | None = None) -> list[np.ndarray]:
-    """Cut a grid image into square tiles (row-major), side `tile` (default: the image height)."""
+def split_tiles(image: np.ndarray, tile: int | None = None, padding: int = 2) -> list[np.ndarray]:
+    """Cut a grid image into its square tiles, row-major.
+
+    With `tile` (the image size): a plain mosaic of tile x tile images, or a torchvision
+    `make_grid` one (`padding` px of white around every tile; its unused trailing cells, all
+    white, are dropped). Without: a one-row strip of square tiles (tile = image height).
+    Anything else comes back whole.
+    """
     h, w = image.shape[:2]
-    tile = tile or h
-    if h % tile or w % tile:
-        return [image]
-    return [image[i:i + tile, j:j + tile] for i in range(0, h, tile) for j in range(0, w, tile)]
+    if not tile:
+        return [image[:, j:j + h] for j in range(0, w, h)] if w % h == 0 else [image]
+    for pad in (0, padding):
+        step = tile + pad
+        if (h - pad) % step or (w - pad) % step:
+            continue
+        tiles = [image[pad + i * step: pad + i * step + tile, pad + j * step: pad + j * step + tile]
+                 for i in range((h - pad) // step) for j in range((w - pad) // step)]
+        while pad and len(tiles) > 1 and (tiles[-1] == 255).all():
+            tiles.pop()
+        return tiles
+    return [image]
 
 
 def load_grid(path: str | Path, tile: int | None = None) -> list[np.ndarray]:
@@ -325,44 +343,62 @@ def load_grid(path: str | Path, tile: int | None = None) -> list[np.ndarray]:
     return split_tiles(arr, tile)
 
 
+def _wrap_label(name: str, width: int = 13) -> str:
+    # keep a trailing "(round r)" on its own line rather than breaking inside it
+    m = re.match(r"^(.*?)\s*(\(round \d+\))$", name)
+    head, tail = (m.group(1), m.group(2)) if m else (name, "")
+    return "\n".join(textwrap.wrap(head, width) + ([tail] if tail else []))
+
+
+def _fit_tile(img: np.ndarray, size: int) -> np.ndarray:
+    if img.shape[0] == size and img.shape[1] == size:
+        return img
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.NEAREST))
+
+
 def compose_grid(images_by_method: dict[str, list[np.ndarray]], captions: list[str] | None = None) -> Figure:
     """One row per method (label on the left), one column per prompt (caption on top).
 
-    images: uint8 H x W x 3 arrays; rows may hold different counts (missing cells stay empty).
+    images: uint8 H x W x 3 arrays (resized to the largest tile); rows may hold different counts
+    (missing cells stay white). The tiles are pasted into one canvas shown by a single axes, so
+    that a large grid costs one image draw.
     """
     rows = list(images_by_method)
     ncol = max((len(v) for v in images_by_method.values()), default=0)
     if not rows or ncol == 0:
         raise ValueError("compose_grid needs at least one image")
+    size = max(max(im.shape[:2]) for v in images_by_method.values() for im in v)
+    gap = max(1, size // 32)
+    canvas = np.full((len(rows) * (size + gap) - gap, ncol * (size + gap) - gap, 3), 255, np.uint8)
+    for i, name in enumerate(rows):
+        for j, img in enumerate(images_by_method[name][:ncol]):
+            img = np.asarray(img, dtype=np.uint8)
+            if img.ndim == 2:
+                img = np.repeat(img[..., None], 3, axis=2)
+            y, x = i * (size + gap), j * (size + gap)
+            canvas[y:y + size, x:x + size] = _fit_tile(img[..., :3], size)
+
     width = COLUMN_WIDTH if ncol <= 4 else TEXT_WIDTH
-    label_w = 0.55
+    label_w = 0.75  # inches for the method labels
     cell = min(0.9, (width - label_w) / ncol)
-    cap_h = 0.0
     wrapped = None
+    cap_h = 0.0
     if captions:
-        chars = max(8, int(cell * 72 / 5.5 * 1.6))  # ~characters per line at 5.5 pt in one cell
+        chars = max(8, int(cell * 72 / 5.5 * 1.7))  # characters per line at 5.5 pt in one cell
         wrapped = ["\n".join(textwrap.wrap(c, chars)[:4]) for c in captions[:ncol]]
-        cap_h = 0.09 * max(c.count("\n") + 1 for c in wrapped) + 0.05
+        cap_h = 0.085 * max(c.count("\n") + 1 for c in wrapped) + 0.06
+    fig_w, fig_h = label_w + cell * ncol, cap_h + cell * len(rows)
     with mpl.rc_context(STYLE):
-        fig = Figure(figsize=(label_w + cell * ncol, cap_h + cell * len(rows) + 0.05))
-        gs = fig.add_gridspec(len(rows), ncol, left=label_w / (label_w + cell * ncol), right=1.0,
-                              bottom=0.0, top=1 - cap_h / (cap_h + cell * len(rows) + 0.05),
-                              wspace=0.03, hspace=0.03)
+        fig = Figure(figsize=(fig_w, fig_h))
+        ax = fig.add_axes((label_w / fig_w, 0.0, cell * ncol / fig_w, cell * len(rows) / fig_h))
+        ax.imshow(canvas, interpolation="nearest", aspect="auto")
+        ax.set_axis_off()
         for i, name in enumerate(rows):
-            for j in range(ncol):
-                ax = fig.add_subplot(gs[i, j])
-                ax.set_xticks([])
-                ax.set_yticks([])
-                ax.grid(False)
-                for s in ax.spines.values():
-                    s.set_visible(False)
-                if j < len(images_by_method[name]):
-                    ax.imshow(images_by_method[name][j], interpolation="nearest")
-                if j == 0:
-                    ax.set_ylabel("\n".join(textwrap.wrap(name, 12)), rotation=0, ha="right", va="center",
-                                  fontsize=7, labelpad=3)
-                if i == 0 and wrapped and j < len(wrapped):
-                    ax.set_title(wrapped[j], fontsize=5.5, pad=2, va="bottom")
+            ax.text(-gap * 4, i * (size + gap) + size / 2, _wrap_label(name), ha="right", va="center", fontsize=7)
+        for j, cap in enumerate(wrapped or []):
+            ax.text(j * (size + gap) + size / 2, -gap * 2, cap, ha="center", va="bottom", fontsize=5.5)
     return fig
 
 

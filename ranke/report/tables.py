@@ -15,6 +15,7 @@ values (full precision); Markdown / LaTeX print them rounded to a per-metric pre
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import math
@@ -179,8 +180,8 @@ def fmt(value: float, decimals: int, *, signed: bool = False) -> str:
     if value is None or not np.isfinite(value):
         return "–"
     text = f"{value:+.{decimals}f}" if signed else f"{value:.{decimals}f}"
-    if text.lstrip("+-").strip("0.") == "":  # "-0.00" / "+0.00" -> "0.00" / "±0.00"
-        text = ("±" if signed else "") + text.lstrip("+-")
+    if text.lstrip("+-").strip("0.") == "":  # no "-0.00"
+        text = ("+" if signed else "") + text.lstrip("+-")
     return text
 
 
@@ -227,46 +228,81 @@ def _fmt_fact(v) -> str:
     return str(v)
 
 
+# Keys every metrics row may carry (the evaluation protocol of that (method, round)).
+COMMON_DETAILS = ["n_prompts", "n_samples", "image_size", "cfg_scale", "temperature", "top_k", "top_p",
+                  "decoder", "fid_extractor", "clip_convention"]
+# Metric-specific keys -> fact name (the score stage writes e.g. the CLIP convention on the
+# clip_score row only, and each metric has its own "convention" / "label" / "kl").
+METRIC_DETAILS = {
+    "clip_score": {"convention": "clip_convention"},
+    "fid": {"label": "_fid_label", "reference_images": "_fid_reference_images"},
+    "reward": {"convention": "_reward_convention"},
+    "code_kl": {"kl": "_code_kl_definition"},
+}
+# never worth a footnote: run-specific paths and hashes
+_NOT_PROTOCOL = ("_path", "sha256", "timing")
+
+
+def _details(row) -> dict:
+    try:
+        details = json.loads(row.details) if row.details else {}
+    except (TypeError, json.JSONDecodeError):
+        log.warning("unparseable details JSON for %s round %s %s", row.method, row.round, row.metric)
+        return {}
+    return details if isinstance(details, dict) else {}
+
+
 def protocol_facts(metrics: pd.DataFrame) -> dict[str, dict[str, list[str]]]:
     """{fact: {printed value: [methods]}} from the rows' `details` JSON (+ `n`, `extractor`).
 
     A fact that is the same for every method has one value; one that differs keeps them all, so
-    the footnote can say so instead of hiding a protocol mismatch.
+    the footnote can say so instead of hiding a protocol mismatch. Facts derived from columns or
+    from metric-specific keys start with "_"; other protocol keys of the clip_score row (e.g.
+    backbone, sampling seed) are kept under their own names.
     """
     facts: dict[str, dict[str, list[str]]] = {}
 
     def add(key, value, method):
-        if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        if value is None or value == "" or (isinstance(value, float) and not np.isfinite(value)):
             return
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value, sort_keys=True)
         methods = facts.setdefault(key, {}).setdefault(_fmt_fact(value), [])
         if method not in methods:
             methods.append(method)
 
     for row in metrics.itertuples(index=False):
-        try:
-            details = json.loads(row.details) if row.details else {}
-        except (TypeError, json.JSONDecodeError):
-            log.warning("unparseable details JSON for %s round %s %s", row.method, row.round, row.metric)
-            details = {}
-        if not isinstance(details, dict):
-            details = {}
-        for key, value in details.items():
-            if isinstance(value, (dict, list)):
-                value = json.dumps(value, sort_keys=True)
-            add(key, value, row.method)
+        details = _details(row)
+        for key in COMMON_DETAILS:
+            add(key, details.get(key), row.method)
+        for key, fact in METRIC_DETAILS.get(row.metric, {}).items():
+            add(fact, details.get(key), row.method)
         if row.metric == "clip_score":
             add("_n_clip", int(row.n), row.method)
             add("_clip_extractor_column", row.extractor or None, row.method)
+            for key, value in details.items():  # anything else the protocol records
+                if key not in COMMON_DETAILS and key not in METRIC_DETAILS["clip_score"] \
+                        and not any(t in key for t in _NOT_PROTOCOL) and not isinstance(value, dict):
+                    add(key, value, row.method)
         elif row.metric == "fid":
             add("_n_fid", int(row.n), row.method)
             add("_fid_extractor_column", row.extractor or None, row.method)
         elif row.metric == "reward":
             add("_reward_model", row.extractor or None, row.method)
-        if row.metric == "n_samples" and np.isfinite(row.value):
+        elif row.metric == "n_samples" and np.isfinite(row.value):
             add("_n_samples", int(row.value), row.method)
-        if row.metric == "code_kl_real_floor" and np.isfinite(row.value):
+        elif row.metric == "code_kl_real_floor" and np.isfinite(row.value):
             add("_code_kl_floor", row.value, row.method)
     return facts
+
+
+def _remap(values: dict[str, list[str]], f) -> dict[str, list[str]]:
+    """Reprint the values of a fact; values that print the same merge their method lists."""
+    out: dict[str, list[str]] = {}
+    for v, ms in values.items():
+        merged = out.setdefault(f(v), [])
+        merged += [m for m in ms if m not in merged]
+    return out
 
 
 def _fact_text(values: dict[str, list[str]] | None, template: str, labels: dict[str, str]) -> str | None:
@@ -278,7 +314,7 @@ def _fact_text(values: dict[str, list[str]] | None, template: str, labels: dict[
     return template.format("; ".join(parts)) + " [differs between methods]"
 
 
-# (details key, phrase) in the order the footnote states them
+# (fact, phrase) of the sampling sentence, in the order the footnote states them
 _FOOTNOTE_FACTS = [
     ("n_prompts", "{} prompts"),
     ("_n_samples", "{} generated images per method"),
@@ -289,7 +325,6 @@ _FOOTNOTE_FACTS = [
     ("top_p", "top-p {}"),
     ("decoder", "{} decoder weights"),
 ]
-_KNOWN_DETAILS = {k for k, _ in _FOOTNOTE_FACTS} | {"fid_extractor", "clip_convention"}
 
 
 def protocol_footnote(
@@ -297,31 +332,47 @@ def protocol_footnote(
 ) -> str:
     """The protocol sentence(s) under a table, from the metrics rows it shows."""
     facts = protocol_facts(metrics)
-    if "_n_samples" not in facts and "_n_clip" in facts:
-        facts["_n_samples"] = facts["_n_clip"]
+    for fallback in ("n_samples", "_n_clip"):  # the n_samples metric first, then details, then `n`
+        if "_n_samples" not in facts and fallback in facts:
+            facts["_n_samples"] = facts[fallback]
     if "top_k" in facts:  # 0 = off is the sampler's convention
-        facts["top_k"] = {("off" if v == "0" else v): ms for v, ms in facts["top_k"].items()}
-    sampling = [t for k, tpl in _FOOTNOTE_FACTS if (t := _fact_text(facts.get(k), tpl, labels))]
+        facts["top_k"] = _remap(facts["top_k"], lambda v: "off" if v == "0" else v)
     sentences = []
+    sampling = [t for k, tpl in _FOOTNOTE_FACTS if (t := _fact_text(facts.get(k), tpl, labels))]
     if sampling:
         sentences.append("Protocol: " + ", ".join(sampling) + ".")
-    fid = facts.get("fid_extractor") or facts.get("_fid_extractor_column")
-    fid_text = _fact_text(fid, "FID features: {}", labels)
-    if fid_text:
-        n_fid = _fact_text(facts.get("_n_fid"), "{}", labels)
-        sentences.append(fid_text + (f" ({n_fid} generated images)" if n_fid else "") + ".")
+
+    # FID: either a feature-extractor description, or the score stage's label + extractor name
+    n_fid = _fact_text(facts.get("_n_fid"), "{}", labels)
+    n_ref = _fact_text(facts.get("_fid_reference_images"), "{}", labels)
+    counts = ", ".join(x for x in (f"{n_fid} generated" if n_fid else "", f"{n_ref} real" if n_ref else "") if x)
+    if facts.get("fid_extractor"):
+        fid = _fact_text(facts["fid_extractor"], "FID features: {}", labels)
+    elif facts.get("_fid_label"):
+        fid = _fact_text(facts["_fid_label"], "{}", labels)
+        ext = _fact_text(facts.get("_fid_extractor_column"), "extractor {}", labels)
+        fid += f", {ext}" if ext else ""
+    else:
+        fid = _fact_text(facts.get("_fid_extractor_column"), "FID features: {}", labels)
+    if fid:
+        sentences.append(fid + (f" ({counts} images)" if counts else "") + ".")
+
     clip = facts.get("clip_convention") or facts.get("_clip_extractor_column")
-    clip_text = _fact_text(clip, "CLIP score: {}", labels)
-    if clip_text:
-        sentences.append(clip_text + ".")
-    reward_text = _fact_text(facts.get("_reward_model"), "Reward model: {}", labels)
-    if reward_text:
-        sentences.append(reward_text + ".")
+    if clip:
+        sentences.append(_fact_text(clip, "CLIP score: {}", labels) + ".")
+    reward = _fact_text(facts.get("_reward_model"), "Reward: {}", labels)
+    if reward:
+        conv = _fact_text(facts.get("_reward_convention"), "{}", labels)
+        sentences.append(reward + (f", {conv}" if conv else "") + ".")
+    code = _fact_text(facts.get("_code_kl_definition"), "code-KL: {}", labels)
     floor = facts.get("_code_kl_floor")
     if floor:
-        floor = {f"{float(v):.4g}": ms for v, ms in floor.items()}
-        sentences.append(_fact_text(floor, "code-KL real-data floor (two halves of the real codes): {}", labels) + ".")
-    other = {k: v for k, v in facts.items() if not k.startswith("_") and k not in _KNOWN_DETAILS}
+        floor = _fact_text(_remap(floor, lambda v: f"{float(v):.4g}"),
+                           "real-data floor (two halves of the real codes) {}", labels)
+        code = f"{code}; {floor}" if code else f"code-KL {floor}"
+    if code:
+        sentences.append(code + ".")
+    other = {k: v for k, v in facts.items() if not k.startswith("_") and k not in COMMON_DETAILS}
     if other:
         parts = [_fact_text(v, f"{k} {{}}", labels) for k, v in sorted(other.items())]
         sentences.append("Other protocol facts: " + ", ".join(parts) + ".")
@@ -403,26 +454,42 @@ def main_table(metrics: pd.DataFrame, config_methods: dict) -> MainTable:
     return MainTable(rows, shown, decimals, best, reference, footnote, delta_methods)
 
 
-def _main_cells(t: MainTable, *, latex: bool) -> tuple[list[str], list[list[str]]]:
-    esc = latex_escape if latex else (lambda s: s)
-    header = ["Method", "Decoder"] + [metric_spec(m).latex if latex else metric_spec(m).label for m in t.metrics]
+def _number(text: str, kind: str) -> str:
+    return _latex_number(text) if kind == "tex" else text
+
+
+def _bold(text: str, kind: str) -> str:
+    return {"md": f"**{text}**", "tex": rf"\textbf{{{text}}}", "html": f"<b>{text}</b>"}[kind]
+
+
+def _delta(text: str, kind: str) -> str:
+    return {
+        "md": f" ({text} {DELTA_SUFFIX})",
+        "tex": rf" {{\scriptsize ({_latex_number(text)} {DELTA_SUFFIX})}}",
+        "html": f" <small>({text} {DELTA_SUFFIX})</small>",
+    }[kind]
+
+
+def _escape(text: str, kind: str) -> str:
+    return {"md": str, "tex": latex_escape, "html": html.escape}[kind](text)
+
+
+def _header_label(metric: str, kind: str) -> str:
+    spec = metric_spec(metric)
+    return spec.latex if kind == "tex" else _escape(spec.label, kind)
+
+
+def _main_cells(t: MainTable, kind: str) -> tuple[list[str], list[list[str]]]:
+    header = ["Method", "Decoder"] + [_header_label(m, kind) for m in t.metrics]
     body = []
-    for row in t.rows.itertuples(index=False):
-        row = row._asdict()
-        cells = [esc(row["label"]), esc(row["decoder"] or "–")]
+    for row in t.rows.to_dict("records"):
+        cells = [_escape(row["label"], kind), _escape(row["decoder"] or "–", kind)]
         for m in t.metrics:
-            text = fmt(row[m], t.decimals[m])
-            if latex:
-                text = _latex_number(text)
+            text = _number(fmt(row[m], t.decimals[m]), kind)
             if row["method"] in t.best[m]:
-                text = rf"\textbf{{{text}}}" if latex else f"**{text}**"
-            delta = row[f"{m}_delta"]
-            if np.isfinite(delta):
-                d = fmt(delta, t.decimals[m], signed=True)
-                if latex:
-                    text += rf" {{\scriptsize ({_latex_number(d)} {DELTA_SUFFIX})}}"
-                else:
-                    text += f" ({d} {DELTA_SUFFIX})"
+                text = _bold(text, kind)
+            if np.isfinite(row[f"{m}_delta"]):
+                text += _delta(fmt(row[f"{m}_delta"], t.decimals[m], signed=True), kind)
             cells.append(text)
         body.append(cells)
     return header, body
@@ -450,15 +517,43 @@ def latex_tabular(header: list[str], body: list[list[str]], align: list[str], no
     return "\n".join(lines) + "\n"
 
 
+_HTML_STYLE = (
+    "body{font-family:sans-serif;font-size:14px;margin:1em}"
+    "table{border-collapse:collapse;border-top:2px solid #000;border-bottom:2px solid #000}"
+    "th{border-bottom:1px solid #000}th,td{padding:3px 10px}td.r,th.r{text-align:right}"
+    "p.note{max-width:60em;font-size:12px;color:#333}"
+)
+
+
+def html_table(title: str, header: list[str], body: list[list[str]], align: list[str], note: str = "") -> str:
+    """A self-contained page (what the Snakemake HTML report shows inline)."""
+    cls = lambda a: ' class="r"' if a == "r" else ""  # noqa: E731
+    rows = ["<tr>" + "".join(f"<th{cls(a)}>{h}</th>" for h, a in zip(header, align)) + "</tr>"]
+    rows += ["<tr>" + "".join(f"<td{cls(a)}>{c}</td>" for c, a in zip(cells, align)) + "</tr>" for cells in body]
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+        f"<style>{_HTML_STYLE}</style></head><body>\n<table>\n" + "\n".join(rows) + "\n</table>\n"
+        + (f'<p class="note">{html.escape(note)}</p>\n' if note else "") + "</body></html>\n"
+    )
+
+
+def _main_align(t: MainTable) -> list[str]:
+    return ["l", "l"] + ["r"] * len(t.metrics)
+
+
 def main_table_markdown(t: MainTable) -> str:
-    header, body = _main_cells(t, latex=False)
-    table = markdown_table(header, body, ["l", "l"] + ["r"] * len(t.metrics))
-    return table + "\n" + t.footnote + "\n"
+    header, body = _main_cells(t, "md")
+    return markdown_table(header, body, _main_align(t)) + "\n" + t.footnote + "\n"
 
 
 def main_table_latex(t: MainTable) -> str:
-    header, body = _main_cells(t, latex=True)
-    return latex_tabular(header, body, ["l", "l"] + ["r"] * len(t.metrics), t.footnote)
+    header, body = _main_cells(t, "tex")
+    return latex_tabular(header, body, _main_align(t), t.footnote)
+
+
+def main_table_html(t: MainTable) -> str:
+    header, body = _main_cells(t, "html")
+    return html_table("Main table", header, body, _main_align(t), t.footnote)
 
 
 def main_table_csv(t: MainTable) -> str:
@@ -495,36 +590,37 @@ def rounds_table(metrics: pd.DataFrame, config_methods: dict) -> RoundsTable:
     return RoundsTable(w.reset_index(drop=True), shown, decimals, footnote)
 
 
-def _rounds_cells(t: RoundsTable, *, latex: bool) -> tuple[list[str], list[list[str]]]:
-    esc = latex_escape if latex else (lambda s: s)
-    header = ["Method", "Round", "Step"] + [metric_spec(m).latex if latex else metric_spec(m).label for m in t.metrics]
+def _rounds_cells(t: RoundsTable, kind: str) -> tuple[list[str], list[list[str]]]:
+    header = ["Method", "Round", "Step"] + [_header_label(m, kind) for m in t.metrics]
     body = []
     for row in t.rows.to_dict("records"):
-        cells = [esc(row["label"]), str(int(row["round"])), str(int(row["step"]))]
-        for m in t.metrics:
-            text = fmt(row[m], t.decimals[m])
-            cells.append(_latex_number(text) if latex else text)
+        cells = [_escape(row["label"], kind), str(int(row["round"])), str(int(row["step"]))]
+        cells += [_number(fmt(row[m], t.decimals[m]), kind) for m in t.metrics]
         body.append(cells)
     return header, body
 
 
+def _rounds_align(t: RoundsTable) -> list[str]:
+    return ["l", "r", "r"] + ["r"] * len(t.metrics)
+
+
 def rounds_table_markdown(t: RoundsTable) -> str:
-    header, body = _rounds_cells(t, latex=False)
-    return markdown_table(header, body, ["l", "r", "r"] + ["r"] * len(t.metrics)) + "\n" + t.footnote + "\n"
+    header, body = _rounds_cells(t, "md")
+    return markdown_table(header, body, _rounds_align(t)) + "\n" + t.footnote + "\n"
 
 
 def rounds_table_latex(t: RoundsTable) -> str:
-    header, body = _rounds_cells(t, latex=True)
-    return latex_tabular(header, body, ["l", "r", "r"] + ["r"] * len(t.metrics), t.footnote)
+    header, body = _rounds_cells(t, "tex")
+    return latex_tabular(header, body, _rounds_align(t), t.footnote)
+
+
+def rounds_table_html(t: RoundsTable) -> str:
+    header, body = _rounds_cells(t, "html")
+    return html_table("Per-round table", header, body, _rounds_align(t), t.footnote)
 
 
 def rounds_table_csv(t: RoundsTable) -> str:
     return t.rows[["method", "label", "round", "step"] + t.metrics].to_csv(index=False)
-
-
-def protocol_json(metrics: pd.DataFrame) -> dict:
-    """The protocol facts as data (what the footnotes are made of), for protocol.json."""
-    return {k: v for k, v in protocol_facts(metrics).items()}
 
 
 __all__ = [
@@ -543,10 +639,12 @@ __all__ = [
     "main_table_markdown",
     "main_table_latex",
     "main_table_csv",
+    "main_table_html",
     "rounds_table",
     "rounds_table_markdown",
     "rounds_table_latex",
     "rounds_table_csv",
+    "rounds_table_html",
     "protocol_footnote",
     "protocol_facts",
 ]

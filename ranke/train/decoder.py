@@ -48,12 +48,21 @@ def rank_weights(rewards: torch.Tensor, group_size: int, k: int, tau: float) -> 
 
 
 def adaptive_gan_weight(
-    nll: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor, *, max_weight: float = 1e4
+    nll: torch.Tensor,
+    g_loss: torch.Tensor,
+    last_layer: torch.Tensor,
+    *,
+    max_weight: float = 1e4,
+    grad_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """VQGAN's balance between the reconstruction and the GAN gradient at the decoder's last layer:
-    ||d nll / d W|| / (||d g / d W|| + 1e-4), clamped to [0, max_weight], detached."""
+    ||d nll / d W|| / (||d g / d W|| + 1e-4), clamped to [0, max_weight], detached.
+    `grad_reduce` (multi-process) averages the two gradients across ranks first, so the weight is
+    that of the global batch."""
     nll_grad = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
     g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    if grad_reduce is not None:
+        nll_grad, g_grad = grad_reduce(nll_grad), grad_reduce(g_grad)
     w = torch.norm(nll_grad) / (torch.norm(g_grad) + 1e-4)
     return w.clamp(0.0, max_weight).detach()
 
@@ -68,6 +77,7 @@ def reconstruction_loss(
     last_layer: torch.Tensor | None = None,
     disc_weight: float = 0.5,
     lambda_rec: float = 1.0,
+    grad_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """GT reconstruction anchor. x_rec = decode(codes(x)) (not clamped, as in the official code).
 
@@ -83,7 +93,7 @@ def reconstruction_loss(
         if disc is None or last_layer is None:
             raise ValueError("the reconstruction GAN term needs the discriminator and the last layer")
         g = generator_hinge_loss(disc(x_rec))
-        aw = disc_weight * adaptive_gan_weight(nll, g, last_layer)
+        aw = disc_weight * adaptive_gan_weight(nll, g, last_layer, grad_reduce=grad_reduce)
         total = total + aw * g
         out.update(gan=g, adaptive_weight=aw)
     out["loss"] = lambda_rec * total

@@ -1,7 +1,7 @@
 """The PatchGAN discriminator of the decoder update and its hinge losses.
 
 Same design as the LlamaGen / taming-transformers NLayerDiscriminator (4x4 convs, stride 2 then 1,
-BatchNorm, LeakyReLU 0.2, N(0, 0.02) init) so its state dict has the familiar `main.<i>.*` keys.
+BatchNorm (synchronised across ranks, see SyncedBatchNorm2d), LeakyReLU 0.2, N(0, 0.02) init) so its state dict has the familiar `main.<i>.*` keys.
 RankE initialises it fresh (it is not the tokenizer's training discriminator) and trains it with
 real = GT images and fake = the decoder's reconstructions of those images' own codes.
 """
@@ -9,8 +9,46 @@ real = GT images and fake = the decoder's reconstructions of those images' own c
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+
+class SyncedBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training-mode statistics span all ranks of the process group.
+
+    With one process it is exactly nn.BatchNorm2d (same state dict keys). With W ranks each
+    holding 1/W of the batch, the per-channel sums are all-reduced (autograd-aware), so the
+    discriminator sees the statistics of the whole global batch, as one process would; unlike
+    torch's SyncBatchNorm this also works on CPU (gloo).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        import warnings
+
+        from torch.distributed.nn.functional import all_reduce
+
+        c = x.shape[1]
+        xf = x.float()
+        n_local = torch.tensor([xf.numel() / c], device=x.device, dtype=torch.float32)
+        with warnings.catch_warnings():  # a deprecated alias, but still the autograd-aware all-reduce
+            warnings.simplefilter("ignore", FutureWarning)
+            stats = all_reduce(torch.cat([xf.sum(dim=(0, 2, 3)), xf.pow(2).sum(dim=(0, 2, 3)), n_local]))
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c : 2 * c] / n - mean.pow(2)).clamp_min(0.0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                m = self.momentum if self.momentum is not None else 0.1
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1).clamp_min(1.0), alpha=m)
+                self.num_batches_tracked.add_(1)
+        y = (xf - mean.view(1, c, 1, 1)) * torch.rsqrt(var.view(1, c, 1, 1) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
+        return y.to(x.dtype)
 
 
 class PatchDiscriminator(nn.Module):
@@ -26,13 +64,13 @@ class PatchDiscriminator(nn.Module):
             prev, mult = mult, min(2**n, 8)
             layers += [
                 nn.Conv2d(ndf * prev, ndf * mult, kw, stride=2, padding=pad, bias=False),
-                nn.BatchNorm2d(ndf * mult),
+                SyncedBatchNorm2d(ndf * mult),
                 nn.LeakyReLU(0.2, True),
             ]
         prev, mult = mult, min(2**n_layers, 8)
         layers += [
             nn.Conv2d(ndf * prev, ndf * mult, kw, stride=1, padding=pad, bias=False),
-            nn.BatchNorm2d(ndf * mult),
+            SyncedBatchNorm2d(ndf * mult),
             nn.LeakyReLU(0.2, True),
             nn.Conv2d(ndf * mult, 1, kw, stride=1, padding=pad),
         ]

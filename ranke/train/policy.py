@@ -103,10 +103,12 @@ def policy_loss(
 
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, over parameters only (buffers are left as they are,
-    as in the official trainer: e.g. the VQ `codebook_used` buffer is not averaged)."""
+    """ema <- decay * ema + (1 - decay) * model, over trainable parameters only. Buffers are left
+    as they are (as in the official trainer, e.g. the VQ `codebook_used` buffer), and so are frozen
+    parameters (encoder, codebook): they equal the EMA's already, and skipping them keeps them
+    bit-identical instead of accumulating rounding."""
     ema_params = dict(ema.named_parameters())
     for name, p in model.named_parameters():
         e = ema_params[name]
-        if e.dtype.is_floating_point:
+        if p.requires_grad and e.dtype.is_floating_point:
             e.mul_(decay).add_(p.detach().to(e.dtype), alpha=1.0 - decay)

@@ -45,6 +45,16 @@ def stage_config(*sections):
     return json.dumps(cfg, sort_keys=True)
 
 
+def fid_reference_config():
+    """Only what the reference statistics depend on (not the rest of `score`)."""
+    cfg = json.loads(stage_config())
+    cfg["score"] = {
+        "batch_size": config["score"]["batch_size"],
+        "fid_reference": config["score"]["fid_reference"],
+    }
+    return json.dumps(cfg, sort_keys=True)
+
+
 def round_config(wildcards):
     """A round reads the training settings and its own method only (not the other methods)."""
     cfg = json.loads(stage_config("train", "rounds", "cluster"))
@@ -153,6 +163,7 @@ REPORT_FILES = [
     "main_table.md",
     "main_table.tex",
     "main_table.csv",
+    "main_table.html",
     "rounds_table.md",
     "rounds_table.csv",
     "curves.png",
@@ -170,3 +181,7 @@ def report_outputs():
 def parent_dir_of_weights(wildcards, output):
     """The demo CLIP stage writes a directory; its rule declares the two files in it."""
     return str(Path(output.weights).parent)
+
+
+def dir_of_output_main(wildcards, output):
+    return str(Path(output.main).parent)

@@ -9,7 +9,7 @@ rule fid_reference:
     output:
         fid_reference_path(),
     params:
-        cfg=stage_config("score", "prompts"),
+        cfg=fid_reference_config(),
     conda:
         CONDA_ENV
     log:

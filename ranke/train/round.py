@@ -1,0 +1,644 @@
+"""One RankE training round: N steps of one method, from the previous round's checkpoint.
+
+One step (official order, see the code digest B.4):
+  1. rollouts: B prompts x G code maps from the current policy (CFG), per-rollout seeds from (seed, t);
+  2. rewards: decode with the EMA decoder, score with the reward model;
+  3. policy update (GRPO, PPO-clip + k2 KL to the reference)            [phases "policy", "both"];
+  4. discriminator step, then decoder step on the same rollouts, EMA     [phases "decoder", "both"].
+Phases: mode `policy` -> "policy", `decoder` -> "decoder", `ranke` -> "both" with schedule `step`
+(the official code), or with schedule `round` alternating per round: odd rounds "policy" (decoder
+frozen), even rounds "decoder" (policy frozen, rollouts from the fixed policy).
+
+State carried between rounds (out_dir of round r = init_dir of round r+1): policy.pt, decoder.pt
+(LlamaGen-loadable), policy_ema.pt, decoder_ema.pt, state.pt (discriminator, optimizers, RNG states,
+global step and per-module step counters). Within a round, a resume checkpoint (everything above +
+the partial train log + a fingerprint of the inputs) is written to work_dir every
+train.checkpoint_every steps; a restarted round resumes from it. Batches and rollout seeds are pure
+functions of (seed, global step), so a resumed run equals an uninterrupted one.
+
+Multi-process: train.world_size > 1 runs one process per device (DDP-style: every rank holds the
+full models, takes 1/W of the step's prompts with their G rollouts, and gradients are averaged
+across ranks before clipping, so all ranks apply identical updates). Under SLURM (submitit tasks)
+the ranks come from the environment; otherwise they are spawned here (gloo on CPU, nccl on GPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch.utils.checkpoint import checkpoint as grad_checkpoint
+from tqdm import tqdm
+
+from ranke.io import SCHEMAS, atomic_path, read_parquet, save_torch, write_json, write_parquet
+from ranke.runtime import autocast, autocast_dtype, resolve_device
+from ranke.train.decoder import (
+    consistency_loss,
+    lasc_loss,
+    rank_gan_loss,
+    rank_weights,
+    reconstruction_loss,
+    reward_loss,
+    tau_schedule,
+    topk_soft_codes,
+)
+from ranke.train.discriminator import PatchDiscriminator, discriminator_loss
+from ranke.train.policy import ema_update, grpo_advantages, policy_loss
+from ranke.train.rollout import TrainData, generate_rollouts, rollout_seeds, score_rollouts
+
+log = logging.getLogger("ranke.train.round")
+
+RESUME_FILE = "resume.pt"
+LOG_COLUMNS = SCHEMAS["train_log"].names
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term or reward became NaN/inf: the round stops, no output is written."""
+
+
+def _f(x) -> float:
+    return float(x.detach()) if isinstance(x, torch.Tensor) else float(x)
+
+
+def check_finite(value: torch.Tensor | float, step: int, term: str) -> float:
+    v = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+    if not math.isfinite(v):
+        raise NonFiniteLossError(f"non-finite value at step {step}: {term} = {v}; stopping the round "
+                                 "(no checkpoint is written, the previous round's checkpoint is untouched)")
+    return v
+
+
+def phase_of(method_cfg: dict, round_idx: int) -> str:
+    mode = method_cfg.get("mode")
+    schedule = method_cfg.get("schedule", "step")
+    if mode == "policy":
+        return "policy"
+    if mode == "decoder":
+        return "decoder"
+    if mode == "ranke":
+        if schedule == "step":
+            return "both"
+        if schedule == "round":
+            return "policy" if round_idx % 2 == 1 else "decoder"
+        raise ValueError(f"methods.*.schedule must be step | round, got {schedule!r}")
+    raise ValueError(f"method mode {mode!r} does not train (expected policy | decoder | ranke)")
+
+
+def enable_gradient_checkpointing(policy: torch.nn.Module) -> None:
+    """Recompute each transformer block in the backward pass (instance-level wrap: the state dict
+    and the EMA / reference copies are unaffected)."""
+    if hasattr(policy, "enable_gradient_checkpointing"):  # Janus policy (transformers trunk)
+        policy.enable_gradient_checkpointing()
+        return
+    for layer in policy.layers:
+        inner = layer.forward
+
+        def fwd(*args, _inner=inner, **kwargs):
+            if torch.is_grad_enabled():
+                return grad_checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+            return _inner(*args, **kwargs)
+
+        layer.forward = fwd
+
+
+def decode_unclamped(backbone, vq, codes: torch.Tensor) -> torch.Tensor:
+    """Differentiable decode without the final clamp (the GT reconstruction is used unclamped, as in
+    the official VQ loss). LlamaGen VQ: decode_codes; other backbones: their own hook or decode()."""
+    if hasattr(backbone, "decode_unclamped"):
+        return backbone.decode_unclamped(vq, codes)
+    if hasattr(vq, "decode_codes"):
+        return vq.decode_codes(codes, backbone.grid)
+    return backbone.decode(vq, codes)
+
+
+def decoder_last_layer(backbone, vq) -> torch.Tensor:
+    """The weight the VQGAN adaptive GAN weight balances gradients at: decoder.conv_out.weight."""
+    conv_out = getattr(getattr(vq, "decoder", None), "conv_out", None)
+    if conv_out is not None:
+        return conv_out.weight
+    return [p for p in backbone.decoder_parameters(vq) if p.dim() == 4][-1]
+
+
+def _rng_state() -> dict:
+    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _fingerprint(cfg: dict, method: str, round_idx: int, init_dir, tokens_path) -> str:
+    blob = json.dumps([cfg, method, round_idx, str(init_dir), str(tokens_path)], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def average_grads(self, params) -> None:
+        if self.world_size == 1:
+            return
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        i = 0
+        for g in grads:
+            g.copy_(flat[i : i + g.numel()].view_as(g))
+            i += g.numel()
+
+    def mean(self, values: list[float]) -> list[float]:
+        if self.world_size == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t)
+        return (t / self.world_size).tolist()
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return x
+        out = [torch.empty_like(x) for _ in range(self.world_size)]
+        dist.all_gather(out, x.contiguous())
+        return torch.cat(out)
+
+    def average(self, x: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return x
+        x = x.clone()
+        dist.all_reduce(x)
+        return x / self.world_size
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+
+@dataclass
+class RoundState:
+    step: int = 0  # global step (continues across rounds)
+    policy_steps: int = 0
+    decoder_steps: int = 0
+    round_steps: int = 0  # steps done in this round
+    log_rows: list = field(default_factory=list)
+
+
+class RoundRunner:
+    """Holds the models and optimizers of one round; `train_step()` runs one step."""
+
+    def __init__(self, cfg: dict, method: str, round_idx: int, init_dir, tokens_path, work_dir,
+                 dist_info: Dist | None = None, device: torch.device | None = None):
+        from ranke.models.factory import build_backbone
+        from ranke.perceptual import build_perceptual
+        from ranke.rewards import build_reward
+
+        self.cfg, self.method, self.round_idx = cfg, method, round_idx
+        self.tcfg = cfg["train"]
+        self.dist = dist_info or Dist()
+        self.device = device or resolve_device(cfg.get("device", "auto"))
+        self.amp = autocast_dtype(cfg.get("precision", "auto"), self.device)
+        self.seed = int(cfg.get("seed", 0))
+        self.phase = phase_of(cfg["methods"][method], round_idx)
+        self.update_policy = self.phase in ("policy", "both")
+        self.update_decoder = self.phase in ("decoder", "both")
+        self.n_steps = int(cfg["rounds"]["steps"])
+        self.work_dir = Path(work_dir)
+        self.init_dir = None if init_dir in (None, "base") else Path(init_dir)
+        self.fingerprint = _fingerprint(cfg, method, round_idx, self.init_dir, tokens_path)
+        pc, dc = self.tcfg["policy"], self.tcfg["decoder"]
+        self.G = int(self.tcfg["group_size"])
+
+        # models: the base assets first (they also give the fixed KL reference = the run's start)
+        self.backbone = build_backbone(cfg, self.device)
+        bb = self.backbone
+        self.policy, self.vq = bb.policy, bb.vq
+        need_ref = self.update_policy and float(pc["kl_coef"]) > 0 and pc.get("reference", "fixed") == "fixed"
+        self.policy_ref = copy.deepcopy(self.policy).eval().requires_grad_(False) if need_ref else None
+        extra = {}
+        if self.init_dir is not None:
+            self.policy = bb.load_policy(self.init_dir / "policy.pt")
+            self.vq = bb.load_vq(self.init_dir / "decoder.pt")
+            self.policy_ema = bb.load_policy(self.init_dir / "policy_ema.pt")
+            self.vq_ema = bb.load_vq(self.init_dir / "decoder_ema.pt")
+            extra = torch.load(self.init_dir / "state.pt", map_location="cpu", weights_only=False)
+        else:
+            self.policy_ema = copy.deepcopy(self.policy)
+            self.vq_ema = copy.deepcopy(self.vq)
+        for m in (self.policy, self.vq, self.policy_ema, self.vq_ema):
+            m.to(self.device).eval()
+        self.policy_ema.requires_grad_(False)
+        self.vq_ema.requires_grad_(False)
+        # trainable sets: the whole policy; only post_quant_conv + decoder of the VQ
+        self.policy.requires_grad_(self.update_policy)
+        self.vq.requires_grad_(False)
+        self.dec_params = list(bb.decoder_parameters(self.vq))
+        for p in self.dec_params:
+            p.requires_grad_(self.update_decoder)
+        self.policy_params = list(self.policy.parameters())
+        if self.tcfg.get("gradient_checkpointing") and self.update_policy:
+            enable_gradient_checkpointing(self.policy)
+
+        dcfg = self.tcfg["discriminator"]
+        torch.manual_seed(self.seed)  # fresh discriminator init (N(0, 0.02)) is seeded
+        self.disc = PatchDiscriminator(3, int(dcfg["ndf"]), int(dcfg["n_layers"])).to(self.device)
+        self.opt_policy = torch.optim.AdamW(self.policy_params, lr=float(pc["lr"]), weight_decay=float(pc["weight_decay"]))
+        self.opt_decoder = torch.optim.AdamW(self.dec_params, lr=float(dc["lr"]), weight_decay=float(dc["weight_decay"]))
+        self.opt_disc = torch.optim.AdamW(self.disc.parameters(), lr=float(dcfg["lr"]), weight_decay=float(dcfg["weight_decay"]))
+        self.state = RoundState()
+        self._passthrough = {}  # optimizer states of modules this round does not train
+        if extra:
+            self._load_carried(extra)
+
+        self.reward = build_reward(cfg["assets"]["reward"], self.device)
+        needs_perc = self.update_decoder
+        self.perceptual = build_perceptual(cfg["assets"].get("perceptual"), self.device) if needs_perc else None
+        tokens = read_parquet(tokens_path, "tokens")
+        self.data = TrainData(tokens, cfg["assets"]["coco_root"], int(cfg["image_size"]),
+                              int(self.tcfg["prompts_per_step"]), self.seed)
+        self.start_step = self.state.step
+        self._maybe_resume()
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def _load_carried(self, extra: dict) -> None:
+        """Discriminator, optimizers and counters carried over from the previous round."""
+        self.state.step = int(extra["step"])
+        self.state.policy_steps = int(extra.get("policy_steps", 0))
+        self.state.decoder_steps = int(extra.get("decoder_steps", 0))
+        if extra.get("disc") is not None:
+            self.disc.load_state_dict(extra["disc"])
+        for name, opt, used in (("opt_policy", self.opt_policy, self.update_policy),
+                                ("opt_decoder", self.opt_decoder, self.update_decoder),
+                                ("opt_disc", self.opt_disc, self.update_decoder)):
+            sd = extra.get(name)
+            if sd is None:
+                continue
+            if used:
+                opt.load_state_dict(sd)
+            else:
+                self._passthrough[name] = sd
+        if extra.get("rng") is not None:
+            _set_rng_state(extra["rng"])
+
+    def _carried(self) -> dict:
+        out = {
+            "step": self.state.step,
+            "policy_steps": self.state.policy_steps,
+            "decoder_steps": self.state.decoder_steps,
+            "disc": self.disc.state_dict(),
+            "rng": _rng_state(),
+            "method": self.method,
+            "round": self.round_idx,
+            "phase": self.phase,
+        }
+        for name, opt in (("opt_policy", self.opt_policy), ("opt_decoder", self.opt_decoder), ("opt_disc", self.opt_disc)):
+            out[name] = self._passthrough.get(name) or opt.state_dict()
+        return out
+
+    def resume_payload(self) -> dict:
+        return {
+            "fingerprint": self.fingerprint,
+            "policy": self.policy.state_dict(),
+            "policy_ema": self.policy_ema.state_dict(),
+            "vq": self.vq.state_dict(),
+            "vq_ema": self.vq_ema.state_dict(),
+            "carried": self._carried(),
+            "round_steps": self.state.round_steps,
+            "log_rows": list(self.state.log_rows),
+        }
+
+    def _maybe_resume(self) -> None:
+        path = self.work_dir / RESUME_FILE
+        if not path.exists():
+            return
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        if payload.get("fingerprint") != self.fingerprint:
+            log.warning("ignoring %s: it belongs to other inputs (fingerprint %s != %s); starting the round afresh",
+                        path, payload.get("fingerprint"), self.fingerprint)
+            return
+        self.policy.load_state_dict(payload["policy"])
+        self.policy_ema.load_state_dict(payload["policy_ema"])
+        self.vq.load_state_dict(payload["vq"])
+        self.vq_ema.load_state_dict(payload["vq_ema"])
+        self._passthrough = {}
+        self._load_carried(payload["carried"])
+        self.state.round_steps = int(payload["round_steps"])
+        self.state.log_rows = list(payload["log_rows"])
+        log.info("resumed from %s: %d/%d steps of this round done (global step %d)", path,
+                 self.state.round_steps, self.n_steps, self.state.step)
+
+    def save_resume(self) -> None:
+        if self.dist.main:
+            save_torch(self.resume_payload(), self.work_dir / RESUME_FILE)
+            log.info("checkpoint: %s (global step %d)", self.work_dir / RESUME_FILE, self.state.step)
+        self.dist.barrier()
+
+    # -- one step -------------------------------------------------------------------------------
+
+    def train_step(self) -> dict:
+        t0 = time.perf_counter()
+        t = self.state.step
+        tc, pc, dc, dsc = self.tcfg, self.tcfg["policy"], self.tcfg["decoder"], self.tcfg["discriminator"]
+        G = self.G
+        row = {c: float("nan") for c in LOG_COLUMNS}
+        row.update(method=self.method, round=self.round_idx, step=t, phase=self.phase)
+        tau = tau_schedule(t, int(tc["nominal_steps"]), start=float(dc["tau_start"]), end=float(dc["tau_end"]),
+                           frac=float(dc["tau_anneal_frac"]))
+        row["tau"] = tau
+        chunk = int(tc.get("rollout", {}).get("batch_size", 0) or 0)
+
+        # 1. rollouts
+        batch = self.data.batch(t, self.dist.rank, self.dist.world_size, self.device)
+        with torch.no_grad():
+            cond = self.backbone.encode_prompts(batch.captions)
+        cond_g = cond.repeat_interleave(G)
+        captions_g = [c for c in batch.captions for _ in range(G)]
+        seeds = rollout_seeds(self.seed, t, batch.offset, len(batch.captions), G)
+        with autocast(self.device, self.amp):
+            codes = generate_rollouts(self.backbone, self.policy, cond_g, seeds, tc["rollout"], chunk=chunk)
+
+        # 2. rewards from the EMA decoder (fp32, outside autocast as the official code)
+        rewards, images_ema = score_rollouts(self.backbone, self.vq_ema, self.reward, codes, captions_g, chunk=chunk)
+        all_r = self.dist.gather(rewards)
+        check_finite(all_r.sum(), t, "reward")
+        row["reward_mean"] = float(all_r.mean())
+        row["reward_std"] = float(all_r.std()) if all_r.numel() > 1 else 0.0
+        row["reward_best_mean"] = float(all_r.view(-1, G).max(dim=1).values.mean())
+
+        sel_idx, weights = rank_weights(rewards, G, int(dc["rank_k"]), tau)
+        soft = None
+        if self.update_decoder and float(dc.get("lambda_lasc", 0.0)) > 0:
+            # top-k non-CFG logits of the pre-update policy on the selected rollouts (official B.1 step 6)
+            with torch.no_grad(), autocast(self.device, self.amp):
+                sc = cond_g.index(sel_idx)
+                logits = self.policy(sc.emb, sc.mask, codes[sel_idx], mask=pc.get("logprob_mask", "generation"))
+            soft = topk_soft_codes(logits, int(dc.get("lasc_topk", 20)))
+            del logits
+
+        # 3. policy update
+        if self.update_policy:
+            self._policy_update(row, t, rewards, cond_g, codes, chunk)
+
+        # 4. discriminator + decoder update
+        if self.update_decoder:
+            self._decoder_update(row, t, batch, codes[sel_idx], [captions_g[i] for i in sel_idx.tolist()],
+                                 weights, images_ema[sel_idx], soft)
+
+        row["step_time_s"] = time.perf_counter() - t0
+        self._sync_row(row)
+        self.state.step += 1
+        self.state.round_steps += 1
+        self.state.log_rows.append(row)
+        return row
+
+    def _sync_row(self, row: dict) -> None:
+        keys = [c for c in LOG_COLUMNS if c.startswith(("loss_", "kl", "ratio_", "adaptive_"))]
+        vals = self.dist.mean([row[k] for k in keys])
+        row.update(zip(keys, vals))
+
+    def _policy_update(self, row, t, rewards, cond_g, codes, chunk) -> None:
+        pc = self.tcfg["policy"]
+        adv = grpo_advantages(rewards, self.G, clip=float(pc["adv_clip"]), std_eps=float(pc["adv_std_eps"]),
+                              uniform=bool(pc.get("uniform_advantages", False)))
+        mask = pc.get("logprob_mask", "generation")
+        ref_model = self.policy_ref if pc.get("reference", "fixed") == "fixed" else self.policy_ema
+        n = codes.shape[0]
+        accum = max(1, int(self.tcfg.get("grad_accum", 1)))
+        if n % accum:
+            raise ValueError(f"{n} rollouts per rank are not divisible by train.grad_accum={accum}")
+        parts = [torch.arange(i, n, accum, device=codes.device) for i in range(accum)] if accum > 1 else [torch.arange(n)]
+        logp_ref = [None] * len(parts)
+        if float(pc["kl_coef"]) > 0:
+            with torch.no_grad(), autocast(self.device, self.amp):
+                logp_ref = [self.backbone.logprobs(ref_model, cond_g.index(ix), codes[ix], mask=mask).float()
+                            for ix in parts]
+        logp_old: list = [None] * len(parts)
+        self.policy.eval()  # dropout off, as the official log-prob forwards
+        for epoch in range(int(pc.get("ppo_epochs", 1))):
+            self.opt_policy.zero_grad(set_to_none=True)
+            tot = {"loss": 0.0, "pg": 0.0, "kl": 0.0, "ratio": 0.0}
+            for k, ix in enumerate(parts):
+                with autocast(self.device, self.amp):
+                    logp = self.backbone.logprobs(self.policy, cond_g.index(ix), codes[ix], mask=mask).float()
+                if logp_old[k] is None:  # "old" = the policy that sampled = the current one before any update
+                    logp_old[k] = logp.detach()
+                terms = policy_loss(logp, logp_old[k], logp_ref[k], adv[ix.to(adv.device)], clip_eps=float(pc["clip_eps"]),
+                                    kl_coef=float(pc["kl_coef"]))
+                check_finite(terms.loss, t, "loss_policy")
+                (terms.loss / len(parts)).backward()
+                tot["loss"] += float(terms.loss.detach()) / len(parts)
+                tot["pg"] += float(terms.loss_pg.detach()) / len(parts)
+                tot["kl"] += float(terms.kl.detach()) / len(parts)
+                tot["ratio"] += float(terms.ratio_mean) / len(parts)
+            self.dist.average_grads(self.policy_params)
+            gn = torch.nn.utils.clip_grad_norm_(self.policy_params, float(pc["grad_clip"]))
+            check_finite(gn, t, "grad_norm_policy")
+            self.opt_policy.step()
+        self.state.policy_steps += 1
+        if self.state.policy_steps % int(pc["ema_every"]) == 0:
+            ema_update(self.policy_ema, self.policy, float(pc["ema_decay"]))
+        row.update(loss_policy=tot["loss"], loss_pg=tot["pg"], kl=tot["kl"], ratio_mean=tot["ratio"],
+                   grad_norm_policy=float(gn))
+
+    def _decoder_update(self, row, t, batch, sel_codes, sel_caps, weights, sel_ema, soft) -> None:
+        dc, dsc = self.tcfg["decoder"], self.tcfg["discriminator"]
+        disc_on = t >= int(dsc["start_step"])
+        disc_w = float(dsc["weight"])
+        bb, vq = self.backbone, self.vq
+
+        with autocast(self.device, self.amp):
+            x_rec = decode_unclamped(bb, vq, batch.gt_codes).float()
+        # discriminator step: real x vs the detached reconstruction of x's own codes
+        self.disc.train()
+        d_loss = discriminator_loss(self.disc, batch.images, x_rec, step=t, start_step=int(dsc["start_step"]), weight=disc_w)
+        if d_loss is not None:
+            check_finite(d_loss, t, "loss_disc")
+            self.opt_disc.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.dist.average_grads(list(self.disc.parameters()))
+            gd = torch.nn.utils.clip_grad_norm_(self.disc.parameters(), float("inf"))
+            self.opt_disc.step()
+            row.update(loss_disc=_f(d_loss), grad_norm_disc=_f(gd))
+        else:
+            row["loss_disc"] = 0.0
+
+        # decoder step (discriminator frozen)
+        self.disc.requires_grad_(False)
+        try:
+            terms = {}
+            rec = reconstruction_loss(batch.images, x_rec, self.perceptual, disc=self.disc, gan_on=disc_on,
+                                      last_layer=decoder_last_layer(bb, vq), disc_weight=disc_w,
+                                      lambda_rec=float(dc["lambda_rec"]),
+                                      grad_reduce=self.dist.average if self.dist.world_size > 1 else None)
+            terms["loss_rec"] = rec["loss"]
+            row.update(loss_rec_l1=_f(rec["l1"]), loss_rec_perceptual=_f(rec["perceptual"]))
+            if disc_on:
+                row.update(loss_rec_gan=_f(rec["gan"]), adaptive_weight=_f(rec["adaptive_weight"]))
+            with autocast(self.device, self.amp):
+                x_hat = decode_unclamped(bb, vq, sel_codes).float().clamp(-1, 1)
+            if disc_on and float(dc["lambda_gan"]) > 0:
+                terms["loss_rank_gan"] = rank_gan_loss(self.disc, x_hat, weights, lambda_gan=float(dc["lambda_gan"]))
+            if float(dc["lambda_consistency"]) > 0:
+                terms["loss_consistency"] = consistency_loss(x_hat, sel_ema, self.perceptual,
+                                                             lambda_c=float(dc["lambda_consistency"]))
+            if float(dc["lambda_reward"]) > 0:
+                r_hat = self.reward(x_hat, sel_caps)
+                terms["loss_reward"] = reward_loss(r_hat, weights, lambda_d=float(dc["lambda_reward"]))
+            if soft is not None:
+                with autocast(self.device, self.amp):
+                    x_soft = bb.decode_soft(vq, soft[0], soft[1]).float()
+                terms["loss_lasc"] = lasc_loss(x_soft, x_hat, lambda_lasc=float(dc["lambda_lasc"]))
+            total = sum(terms.values())
+            for name, v in terms.items():
+                row[name] = check_finite(v, t, name)
+            row["loss_decoder"] = check_finite(total, t, "loss_decoder")
+            self.opt_decoder.zero_grad(set_to_none=True)
+            total.backward()
+        finally:
+            self.disc.requires_grad_(True)
+        self.dist.average_grads(self.dec_params)
+        gn = torch.nn.utils.clip_grad_norm_(self.dec_params, float(dc["grad_clip"]))
+        check_finite(gn, t, "grad_norm_decoder")
+        self.opt_decoder.step()
+        self.state.decoder_steps += 1
+        ema_update(self.vq_ema, self.vq, float(dc["ema_decay"]))
+        row["grad_norm_decoder"] = float(gn)
+
+    # -- outputs --------------------------------------------------------------------------------
+
+    def log_frame(self) -> pd.DataFrame:
+        df = pd.DataFrame(self.state.log_rows, columns=LOG_COLUMNS)
+        return df.astype({"round": "int32", "step": "int64"})
+
+    def write_outputs(self, out_dir, log_path) -> None:
+        if not self.dist.main:
+            return
+        bb = self.backbone
+        write_parquet(self.log_frame(), log_path, "train_log")
+        with atomic_path(out_dir, is_dir=True) as tmp:
+            bb.save_policy(self.policy, tmp / "policy.pt")
+            bb.save_vq(self.vq, tmp / "decoder.pt")
+            bb.save_policy(self.policy_ema, tmp / "policy_ema.pt")
+            bb.save_vq(self.vq_ema, tmp / "decoder_ema.pt")
+            torch.save(self._carried(), tmp / "state.pt")
+            write_json({"method": self.method, "round": self.round_idx, "phase": self.phase,
+                        "global_step": self.state.step, "steps_this_round": self.state.round_steps,
+                        "init": str(self.init_dir or "base")}, tmp / "DONE")
+
+
+def _summary(cfg: dict, runner: RoundRunner) -> str:
+    t = cfg["train"]
+    return json.dumps({
+        "method": runner.method, "round": runner.round_idx, "phase": runner.phase, "device": str(runner.device),
+        "precision": str(runner.amp or "fp32"), "world_size": runner.dist.world_size, "steps": runner.n_steps,
+        "start_global_step": runner.state.step, "init": str(runner.init_dir or "base"),
+        "prompts_per_step": t["prompts_per_step"], "group_size": t["group_size"], "train_images": len(runner.data),
+        "policy": t["policy"], "decoder": t["decoder"], "discriminator": t["discriminator"], "rollout": t["rollout"],
+        "reward": cfg["assets"]["reward"].get("kind"), "perceptual": (cfg["assets"].get("perceptual") or {}).get("kind"),
+    }, default=str)
+
+
+def _run_rank(cfg, method, round_idx, init_dir, tokens_path, work_dir, out_dir, log_path, d: Dist, device) -> None:
+    runner = RoundRunner(cfg, method, round_idx, init_dir, tokens_path, work_dir, d, device)
+    if d.main:
+        log.info("round config: %s", _summary(cfg, runner))
+    every = int(cfg["train"].get("checkpoint_every", 0) or 0)
+    bar = tqdm(total=runner.n_steps, initial=runner.state.round_steps, desc=f"{method} round {round_idx}",
+               disable=not d.main, mininterval=5)
+    while runner.state.round_steps < runner.n_steps:
+        row = runner.train_step()
+        bar.update(1)
+        if d.main:
+            log.info("step %d [%s] reward %.3f±%.3f best %.3f | pol %.4f kl %.4f | disc %.4f dec %.4f "
+                     "(rec %.4f gan %.4f cons %.4f rew %.4f) | tau %.2f | gn pol %.3f dec %.3f | %.2fs",
+                     row["step"], row["phase"], row["reward_mean"], row["reward_std"], row["reward_best_mean"],
+                     row["loss_policy"], row["kl"], row["loss_disc"], row["loss_decoder"], row["loss_rec"],
+                     row["loss_rank_gan"], row["loss_consistency"], row["loss_reward"], row["tau"],
+                     row["grad_norm_policy"], row["grad_norm_decoder"], row["step_time_s"])
+        if every and runner.state.round_steps % every == 0 and runner.state.round_steps < runner.n_steps:
+            runner.save_resume()
+    bar.close()
+    runner.write_outputs(out_dir, log_path)
+    d.barrier()
+    if d.main:
+        (Path(work_dir) / RESUME_FILE).unlink(missing_ok=True)
+        log.info("round done: %s (global step %d)", out_dir, runner.state.step)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawned(rank, world_size, port, args) -> None:
+    from ranke.runtime import setup_logging
+
+    if rank == 0:
+        setup_logging()
+    torch.set_num_threads(max(1, torch.get_num_threads() // world_size))
+    use_cuda = torch.cuda.is_available() and args[0].get("device", "auto") != "cpu"
+    backend = "nccl" if use_cuda else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        device = torch.device("cuda", rank) if use_cuda else torch.device("cpu")
+        if use_cuda:
+            torch.cuda.set_device(device)
+        _run_rank(*args, Dist(rank, world_size), device)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_round(cfg: dict, method: str, round_idx: int, init_dir: str | None, tokens_path, work_dir, out_dir,
+              log_path) -> None:
+    """Train one round and write `out_dir` (checkpoint directory) and `log_path` (train_log.parquet).
+
+    cfg needs: seed, device, precision, image_size, assets (gpt, vq, text_encoder, reward,
+    perceptual, coco_root), methods, rounds.steps, train. init_dir None/"base" = the base assets.
+    """
+    args = (cfg, method, round_idx, init_dir, str(tokens_path), str(work_dir), str(out_dir), str(log_path))
+    world_size = int(cfg["train"].get("world_size", 1))
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    if world_size == 1:
+        _run_rank(*args, Dist(), None)
+        return
+    if dist.is_available() and dist.is_initialized():  # ranks given from outside (submitit tasks)
+        rank = dist.get_rank()
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        _run_rank(*args, Dist(rank, dist.get_world_size()), device)
+        return
+    import torch.multiprocessing as mp
+
+    # CPU ranks are forked (no re-import of torch & co. per rank); CUDA needs fresh processes.
+    use_cuda = torch.cuda.is_available() and cfg.get("device", "auto") != "cpu"
+    mp.start_processes(_spawned, args=(world_size, _free_port(), args), nprocs=world_size, join=True,
+                       start_method="spawn" if use_cuda else "fork")

@@ -1,0 +1,341 @@
+"""Janus-Pro backbone on a tiny random-init Janus (JanusConfig, offline tokenizer; no download)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ranke.models.factory import build_backbone
+from ranke.models.janus import (JanusBackbone, JanusCond, nearest_codes_cosine, unconditional_ids,
+                                write_tiny_janus)
+
+IMAGE = 64  # 4 x 4 = 16 image tokens, codebook 64 x 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny ops: thread hand-off dominates on a shared 2-core box (measured ~7x slower with 2).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return write_tiny_janus(tmp_path_factory.mktemp("janus") / "tiny", image_size=IMAGE)
+
+
+@pytest.fixture()
+def bb(tiny_dir):
+    return JanusBackbone.from_config({"janus": {"path": str(tiny_dir), "dtype": "float32"}}, IMAGE, "cpu")
+
+
+def sharpen(policy, scale=300.0):
+    """Random init gives near-uniform image logits; scale the head so log-probs carry information."""
+    with torch.no_grad():
+        policy.generation_head.vision_head.weight.mul_(scale)
+    return policy
+
+
+CAPTIONS = ["a red circle", "two dogs playing in the park at night"]
+
+
+def test_prompt_format_padding_and_unconditional_row(bb):
+    assert bb.text.format("a red circle") == "<|User|>: a red circle\n\n<|Assistant|>:"
+    cond = bb.encode_prompts(CAPTIONS)
+    tok = bb.text.tokenizer
+    assert cond.ids.shape == cond.mask.shape and cond.ids.shape[0] == 2
+    assert (cond.ids[:, -1] == bb.text.boi_id).all()
+    assert not cond.mask[0, 0] and cond.mask[1].all()  # the shorter prompt is left-padded
+    first = cond.mask.long().argmax(1)
+    assert (cond.ids[torch.arange(2), first] == tok.bos_token_id).all()
+    un = unconditional_ids(cond.ids, cond.mask, bb.pad_id)
+    for i in range(2):
+        f = int(first[i])
+        assert un[i, f] == tok.bos_token_id and un[i, -1] == bb.text.boi_id
+        assert (un[i, f + 1:-1] == bb.pad_id).all()
+        assert torch.equal(un[i, :f], cond.ids[i, :f])
+    # Cond operations used by the rounds
+    g = cond.repeat_interleave(3)
+    assert len(g) == 6 and torch.equal(g.ids[2], cond.ids[0]) and torch.equal(g.ids[3], cond.ids[1])
+    short = bb.encode_prompts(CAPTIONS[:1])
+    both = JanusCond.cat([short, cond.index([1])])
+    assert torch.equal(both.ids[:, -short.ids.shape[1]:][0], short.ids[0]) and both.mask.sum() == cond.mask.sum()
+
+
+def test_generation_shapes_seeds_and_batch_independence(bb):
+    cond = bb.encode_prompts(CAPTIONS)
+    codes = bb.sample(bb.policy, cond, seeds=[1, 2], cfg_scale=5.0, temperature=1.0, top_k=10)
+    assert codes.shape == (2, 16) and codes.dtype == torch.long
+    assert int(codes.min()) >= 0 and int(codes.max()) < bb.codebook_size == 64
+    again = bb.sample(bb.policy, cond, seeds=[1, 2], cfg_scale=5.0, temperature=1.0, top_k=10)
+    assert torch.equal(codes, again)
+    other = bb.sample(bb.policy, cond, seeds=[3, 4], cfg_scale=5.0, temperature=1.0, top_k=10)
+    assert not torch.equal(codes, other)
+    # row 0 is left-padded inside the batch and unpadded alone: same sample
+    alone = bb.sample(bb.policy, bb.encode_prompts(CAPTIONS[:1]), seeds=[1], cfg_scale=5.0, top_k=10)
+    assert torch.equal(alone[0], codes[0])
+    greedy = bb.sample(bb.policy, cond, seeds=[0, 0], cfg_scale=5.0, temperature=0.0)
+    assert greedy.shape == (2, 16)
+
+
+def test_logprobs_match_sampling_and_are_differentiable(bb):
+    policy = sharpen(copy.deepcopy(bb.policy))
+    cond = bb.encode_prompts(CAPTIONS).repeat_interleave(2)
+    codes, lp_sample = bb.sample(policy, cond, seeds=[5, 6, 7, 8], return_logprobs=True)
+    lp = bb.logprobs(policy, cond, codes)
+    assert lp.shape == (4, 16) and lp.requires_grad
+    assert float(lp_sample.std()) > 0.3  # not a uniform distribution: the check below means something
+    torch.testing.assert_close(lp, lp_sample, atol=2e-4, rtol=1e-4)
+    # scoring other codes must give other numbers (alignment of positions is exact, not lucky)
+    assert (bb.logprobs(policy, cond, codes.roll(1, dims=1)) - lp_sample).abs().max() > 1e-2
+    lp.sum().backward()
+    assert policy.generation_head.vision_head.weight.grad.abs().sum() > 0
+    assert policy.language_model.get_input_embeddings().weight.grad.abs().sum() > 0
+    # the generic call the rounds use for LASC logits: policy(cond.emb, cond.mask, codes, mask=...)
+    logits = policy(cond.emb, cond.mask, codes, mask="ranke")
+    assert logits.shape == (4, 16, 64)
+    torch.testing.assert_close(logits.float().log_softmax(-1).gather(-1, codes[..., None]).squeeze(-1), lp)
+
+    # gradient checkpointing (eval mode, as the rounds score log-probs): same values and grads
+    ckpt = copy.deepcopy(policy).eval()
+    ckpt.zero_grad(set_to_none=True)
+    ckpt.enable_gradient_checkpointing()
+    runs = []
+    ckpt.language_model.layers[0].mlp.register_forward_pre_hook(lambda *a: runs.append(1))
+    lp_ck = bb.logprobs(ckpt, cond, codes)
+    torch.testing.assert_close(lp_ck, lp)
+    lp_ck.sum().backward()
+    assert len(runs) == 2  # the layer really was recomputed in the backward pass
+    w = "language_model.layers.0.mlp.up_proj.weight"
+    torch.testing.assert_close(dict(ckpt.named_parameters())[w].grad, dict(policy.named_parameters())[w].grad)
+    assert not ckpt.language_model.training
+    # sampling with the KV cache is unaffected by the flag
+    assert torch.equal(bb.sample(ckpt, cond, seeds=[5, 6, 7, 8]), codes)
+
+
+def test_tokenize_uses_l2_normalised_lookup(bb):
+    vq = bb.vq
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, IMAGE, IMAGE, generator=g) * 2 - 1
+    with torch.no_grad():
+        # Codebook rows with very different norms: Euclidean and cosine nearest neighbours disagree.
+        dirs = torch.randn(64, 8, generator=g)
+        norms = torch.logspace(-2, 2, 64)[torch.randperm(64, generator=g)]
+        vq.quantize.embedding.weight.copy_(F.normalize(dirs, dim=-1) * norms[:, None])
+        z = vq.quant_conv(vq.encoder(images))  # (2, 8, 4, 4)
+    codes = bb.tokenize(vq, images)
+    assert codes.shape == (2, 16)
+    # hand computation: per position the code with the largest cosine similarity
+    cb = vq.quantize.embedding.weight.double()
+    expected = torch.empty(2, 16, dtype=torch.long)
+    for b in range(2):
+        for n in range(16):
+            v = z[b, :, n // 4, n % 4].double()
+            cos = [float(v @ cb[k] / (v.norm() * cb[k].norm())) for k in range(64)]
+            expected[b, n] = max(range(64), key=lambda k: cos[k])
+    assert torch.equal(codes, expected)
+    hf = vq.encode(images).image_tokens.view(2, 16)  # transformers: raw Euclidean lookup
+    assert (hf != codes).sum() >= 8
+    assert torch.equal(nearest_codes_cosine(z, cb.float()), expected)
+
+
+def test_decode_and_decode_soft(bb):
+    codes = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    img = bb.decode(bb.vq, codes)
+    assert img.shape == (2, 3, IMAGE, IMAGE) and img.min() >= -1 and img.max() <= 1
+    torch.testing.assert_close(bb.decode_unclamped(bb.vq, codes).clamp(-1, 1), img)
+    # the transformers decode path (l2-normalised rows + post_quant_conv + decoder) agrees
+    torch.testing.assert_close(bb.vq.decode(codes).clamp(-1, 1), img)
+    one_hot_idx = torch.stack([codes, (codes + 1) % 64], -1)
+    probs = torch.tensor([1.0, 0.0]).expand(2, 16, 2)
+    torch.testing.assert_close(bb.decode_soft(bb.vq, probs, one_hot_idx), img, atol=1e-5, rtol=1e-5)
+    mixed = bb.decode_soft(bb.vq, torch.full((2, 16, 2), 0.5), one_hot_idx)
+    assert (mixed - img).abs().max() > 1e-4
+
+
+def test_rank_step_moves_only_intended_parameters(bb):
+    """One policy (GRPO-like) and one decoder step, as a round does them through the interface."""
+    torch.manual_seed(0)
+    policy = sharpen(bb.policy)
+    reference = copy.deepcopy(policy).requires_grad_(False)
+    vq, vq_ema = bb.vq, copy.deepcopy(bb.vq).requires_grad_(False)
+    vq_before = {k: v.clone() for k, v in vq.state_dict().items()}
+    pol_before = {k: v.clone() for k, v in policy.state_dict().items()}
+
+    # -- policy step: rollouts, group-normalised advantages, clipped ratio, KL to the reference
+    cond = bb.encode_prompts(CAPTIONS).repeat_interleave(4)
+    codes = bb.sample(policy, cond, seeds=list(range(8)), cfg_scale=5.0, top_k=20)
+    with torch.no_grad():
+        images = bb.decode(vq, codes)
+        reward = images.mean(dim=(1, 2, 3)).view(2, 4)
+        adv = ((reward - reward.mean(1, keepdim=True)) / (reward.std(1, keepdim=True) + 1e-4)).view(8, 1)
+        old = bb.logprobs(policy, cond, codes)
+        ref = bb.logprobs(reference, cond, codes)
+    new = bb.logprobs(policy, cond, codes)
+    ratio = (new - old).exp()
+    pg = -torch.min(ratio * adv, ratio.clamp(0.8, 1.2) * adv).mean()
+    kl = ((ref - new).exp() - (ref - new) - 1).mean()
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    opt.zero_grad()
+    (pg + 0.05 * kl).backward()
+    opt.step()
+    changed = {k for k, v in policy.state_dict().items() if not torch.equal(v, pol_before[k])}
+    assert any(k.startswith("generation_head") for k in changed)
+    assert any(k.startswith("language_model.layers") for k in changed)
+    assert not any(p.grad is not None for p in vq.parameters())
+    assert all(torch.equal(v, vq_before[k]) for k, v in vq.state_dict().items())
+
+    # -- decoder step: GT reconstruction + consistency with the EMA decoder on the policy's codes
+    params = bb.decoder_parameters(vq)
+    assert vq.training
+    n_dec = sum(p.numel() for p in params)
+    assert n_dec == sum(p.numel() for p in [*vq.decoder.parameters(), *vq.post_quant_conv.parameters()])
+    gt = torch.rand(2, 3, IMAGE, IMAGE) * 2 - 1
+    gt_codes = bb.tokenize(vq, gt)
+    with torch.no_grad():
+        target = bb.decode(vq_ema, codes)
+    loss = F.mse_loss(bb.decode(vq, gt_codes), gt) + 5.0 * F.mse_loss(bb.decode(vq, codes), target) \
+        + 0.5 * bb.decode(vq, codes).mean()
+    dopt = torch.optim.AdamW(params, lr=1e-3)
+    dopt.zero_grad()
+    loss.backward()
+    dopt.step()
+    pol_after_policy_step = {k: v.clone() for k, v in policy.state_dict().items()}
+    for k, v in vq.state_dict().items():
+        moved = not torch.equal(v, vq_before[k])
+        if k.startswith(("decoder.", "post_quant_conv.")):
+            continue
+        assert not moved, f"{k} must stay frozen"  # encoder, quant_conv, codebook
+    assert not torch.equal(vq.decoder.conv_out.weight, vq_before["decoder.conv_out.weight"])
+    assert not torch.equal(vq.post_quant_conv.weight, vq_before["post_quant_conv.weight"])
+    assert all(torch.equal(v, pol_after_policy_step[k]) for k, v in policy.state_dict().items())
+
+
+def test_checkpoint_round_trip(bb, tmp_path):
+    policy = copy.deepcopy(bb.policy)
+    vq = copy.deepcopy(bb.vq)
+    with torch.no_grad():
+        policy.generation_head.vision_head.bias.add_(1.0)
+        policy.language_model.layers[0].mlp.up_proj.weight.mul_(2.0)
+        vq.decoder.conv_out.weight.mul_(0.5)
+    bb.save_policy(policy, tmp_path / "policy.pt")
+    bb.save_vq(vq, tmp_path / "decoder.pt")
+    p2, v2 = bb.load_policy(tmp_path / "policy.pt"), bb.load_vq(tmp_path / "decoder.pt")
+    for a, b in ((policy, p2), (vq, v2)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(p2.generation_head.vision_head.bias, bb.policy.generation_head.vision_head.bias)
+    assert not any(p.requires_grad for p in v2.encoder.parameters()) and v2.decoder.conv_out.weight.requires_grad
+    cond = bb.encode_prompts(CAPTIONS)
+    assert torch.equal(bb.sample(policy, cond, seeds=[1, 2], cfg_scale=3.0),
+                       bb.sample(p2, cond, seeds=[1, 2], cfg_scale=3.0))
+    # a full transformers directory with the trained weights swapped in reloads as the same model
+    bb.export_pretrained(policy, vq, tmp_path / "exported")
+    bb3 = JanusBackbone.from_config({"janus": {"path": str(tmp_path / "exported"), "dtype": "float32"}}, IMAGE,
+                                    "cpu", load_text=False)
+    for a, b in ((policy, bb3.policy), (vq, bb3.vq)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    # a VQ file is not a policy file
+    with pytest.raises(RuntimeError):
+        bb.load_policy(tmp_path / "decoder.pt")
+    with pytest.raises(FileNotFoundError):
+        bb.load_vq(tmp_path / "missing.pt")
+
+
+def test_factory_and_loading_errors(tiny_dir, tmp_path):
+    cfg = {"backbone": "janus", "image_size": IMAGE,
+           "assets": {"janus": {"path": str(tiny_dir), "dtype": "bfloat16"}}}
+    bb = build_backbone(cfg, "cpu")
+    assert isinstance(bb, JanusBackbone) and bb.grid == (4, 4) and bb.codebook_size == 64
+    assert bb.policy.dtype == torch.bfloat16 and bb.vq.decoder.conv_out.weight.dtype == torch.bfloat16
+    left_out = ("vision_model", "aligner", "vqmodel", "lm_head")
+    assert not any(n.startswith(left_out) for n, _ in bb.policy.named_parameters())
+    cond = bb.encode_prompts(CAPTIONS[:1])
+    codes = bb.sample(bb.policy, cond, seeds=[0], cfg_scale=5.0)
+    assert bb.logprobs(bb.policy, cond, codes).dtype == torch.float32
+    assert bb.decode(bb.vq, codes).shape == (1, 3, IMAGE, IMAGE)
+    assert build_backbone(cfg, "cpu", load_text=False).text is None
+
+    with pytest.raises(FileNotFoundError, match="assets.janus.path"):
+        build_backbone({**cfg, "assets": {"janus": {"path": str(tmp_path / "nope")}}}, "cpu")
+    with pytest.raises(ValueError, match="image_size"):
+        build_backbone({**cfg, "image_size": 384}, "cpu")
+    with pytest.raises(ValueError, match="backbone"):
+        build_backbone({**cfg, "backbone": "dalle"}, "cpu")
+
+
+def test_run_round_with_janus_backbone(tiny_dir, tmp_path):
+    """Two real rounds (the second resumes from the first's checkpoint) through the factory."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from ranke.io import read_parquet, write_parquet
+    from ranke.models.clip import create_clip
+
+    round_mod = pytest.importorskip("ranke.train.round")
+    bb = JanusBackbone.from_config({"janus": {"path": str(tiny_dir), "dtype": "float32"}}, IMAGE, "cpu",
+                                   load_text=False)
+    coco = tmp_path / "coco"
+    (coco / "train2014").mkdir(parents=True)
+    rows = []
+    for i, (name, rgb) in enumerate([("red", (220, 30, 30)), ("green", (30, 200, 30)), ("blue", (30, 30, 220)),
+                                     ("white", (240, 240, 240))]):
+        arr = np.zeros((IMAGE, IMAGE, 3), np.uint8) + np.array(rgb, np.uint8)
+        arr[: IMAGE // 2] //= 2
+        Image.fromarray(arr).save(coco / f"train2014/img_{i}.png")
+        img = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 127.5 - 1
+        rows.append({"image_id": i, "split": "train", "file": f"train2014/img_{i}.png", "caption_ids": [i],
+                     "captions": [f"a {name} square"], "codes": bb.tokenize(bb.vq, img)[0].int().tolist(),
+                     "grid_h": 4, "grid_w": 4, "vq_sha256": "x"})
+    write_parquet(pd.DataFrame(rows).astype({"grid_h": "int16", "grid_w": "int16"}), tmp_path / "tokens.parquet",
+                  "tokens")
+    clip_cfg = {"embed_dim": 8,
+                "vision_cfg": {"image_size": 16, "layers": 1, "width": 16, "patch_size": 8, "head_width": 8,
+                               "mlp_ratio": 2.0},
+                "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1,
+                             "mlp_ratio": 2.0}}
+    cpath = tmp_path / "ranke-janus-test-clip.json"
+    cpath.write_text(json.dumps(clip_cfg))
+    torch.save(create_clip("ranke-janus-test-clip", config=cpath).state_dict(), tmp_path / "clip.pt")
+    reward = {"kind": "open_clip", "model": "ranke-janus-test-clip", "config": str(cpath),
+              "weights": str(tmp_path / "clip.pt"), "quick_gelu": False, "prompt_prefix": ""}
+    cfg = {
+        "backbone": "janus", "device": "cpu", "precision": "fp32", "seed": 0, "image_size": IMAGE,
+        "assets": {"coco_root": str(coco), "janus": {"path": str(tiny_dir), "dtype": "float32"},
+                   "reward": reward, "perceptual": {"kind": "demo", "weights": None}},
+        "methods": {"ranke": {"mode": "ranke", "schedule": "step"}},
+        "rounds": {"n": 2, "steps": 1},
+        "train": {
+            "prompts_per_step": 2, "group_size": 2, "grad_accum": 2, "world_size": 1, "checkpoint_every": 10,
+            "nominal_steps": 10, "gradient_checkpointing": True,
+            "rollout": {"cfg_scale": 5.0, "temperature": 1.0, "top_k": 20, "top_p": 1.0},
+            "policy": {"lr": 1e-3, "weight_decay": 0.01, "grad_clip": 1.0, "kl_coef": 0.05, "clip_eps": 0.2,
+                       "ppo_epochs": 1, "adv_clip": 5.0, "adv_std_eps": 1e-4, "uniform_advantages": False,
+                       "reference": "fixed", "logprob_mask": "generation", "ema_decay": 0.999, "ema_every": 1},
+            "decoder": {"lr": 1e-3, "weight_decay": 0.01, "grad_clip": 1.0, "ema_decay": 0.99, "lambda_rec": 1.0,
+                        "lambda_gan": 1.0, "lambda_consistency": 5.0, "lambda_reward": 0.05, "lambda_lasc": 0.1,
+                        "lasc_topk": 8, "rank_k": 1, "tau_start": 4.0, "tau_end": 1.0, "tau_anneal_frac": 0.2},
+            "discriminator": {"lr": 1e-3, "weight_decay": 0.01, "n_layers": 1, "ndf": 8, "start_step": 0,
+                              "weight": 0.5},
+        },
+    }
+    for r, init in ((1, None), (2, str(tmp_path / "r1"))):
+        round_mod.run_round(cfg, "ranke", r, init, tmp_path / "tokens.parquet", tmp_path / f"work{r}",
+                            tmp_path / f"r{r}", tmp_path / f"log{r}.parquet")
+        log = read_parquet(tmp_path / f"log{r}.parquet", "train_log")
+        assert len(log) == 1 and np.isfinite(log[["loss_policy", "loss_decoder", "loss_lasc"]].to_numpy()).all()
+    policy, vq = bb.load_policy(tmp_path / "r2" / "policy.pt"), bb.load_vq(tmp_path / "r2" / "decoder.pt")
+    assert not torch.equal(policy.generation_head.vision_head.weight, bb.policy.generation_head.vision_head.weight)
+    assert not torch.equal(vq.decoder.conv_out.weight, bb.vq.decoder.conv_out.weight)
+    for k, v in bb.vq.state_dict().items():
+        if not k.startswith(("decoder.", "post_quant_conv.")):
+            assert torch.equal(v, vq.state_dict()[k]), k

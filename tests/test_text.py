@@ -1,0 +1,60 @@
+"""T5 text encoder over a local directory, the tiny random T5, and the two padding conventions."""
+
+import pytest
+import torch
+
+from ranke.models.text import TextEncoder, left_pad, make_tiny_t5
+
+TEXTS = ["a red circle on the left", "a small blue square at the top", "green triangle, bottom right!"]
+
+
+@pytest.fixture(scope="module")
+def t5_dir(tmp_path_factory):
+    return make_tiny_t5(tmp_path_factory.mktemp("t5") / "t5", TEXTS, d_model=32, num_layers=1, num_heads=2,
+                        d_ff=64, seed=0)
+
+
+def test_tiny_t5_roundtrip_right_padding(t5_dir):
+    enc = TextEncoder(t5_dir, max_length=10, padding="right")
+    emb, mask = enc.encode(["A red circle", "green triangle on the left, bottom right at the top"])
+    assert emb.shape == (2, 10, 32) and emb.dtype == torch.float32 and mask.dtype == torch.bool
+    # words + </s>; the second caption (12 tokens + </s>) is truncated to max_length
+    assert mask.sum(1).tolist() == [4, 10]
+    assert mask[0, :4].all() and not mask[0, 4:].any()
+    assert emb[0, 4:].abs().sum() == 0 and (emb[0, :4].abs().sum(-1) > 0).all()
+    ids = enc.tokenizer(["a red circle"])["input_ids"][0]
+    assert ids[-1] == 1 and enc.tokenizer.pad_token_id == 0
+    # unknown words map to <unk> rather than failing
+    assert enc.tokenizer(["zebra"])["input_ids"][0][0] == 2
+    # deterministic: the same seed writes the same weights
+    again = TextEncoder(t5_dir, max_length=10)
+    torch.testing.assert_close(again.encode(["a red circle"])[0], emb[:1])
+
+
+def test_left_padding_matches_upstream_flip(t5_dir):
+    right = TextEncoder(t5_dir, max_length=8, padding="right")
+    left = TextEncoder(t5_dir, max_length=8, padding="left")
+    caps = ["a red circle", "a small blue square at the top"]
+    er, mr = right.encode(caps)
+    el, ml = left.encode(caps)
+    for i in range(2):
+        n = int(mr[i].sum())
+        # upstream: cat(emb[n:], emb[:n]) and a flipped mask
+        torch.testing.assert_close(el[i], torch.cat([er[i, n:], er[i, :n]]))
+        assert torch.equal(ml[i], mr[i].flip(0))
+    assert not ml[0, :4].any() and ml[0, 4:].all()
+
+
+def test_left_pad_function():
+    emb = torch.arange(5.0)[None, :, None].repeat(2, 1, 1)
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    e, m = left_pad(emb * mask[..., None], mask)
+    assert e[0, :, 0].tolist() == [0, 0, 0, 0, 1] and m[0].tolist() == [False, False, False, True, True]
+    assert torch.equal(e[1], emb[1]) and m[1].all()
+
+
+def test_missing_directory_and_bad_padding(tmp_path, t5_dir):
+    with pytest.raises(FileNotFoundError, match="no_such_t5"):
+        TextEncoder(tmp_path / "no_such_t5")
+    with pytest.raises(ValueError, match="padding"):
+        TextEncoder(t5_dir, padding="middle")
