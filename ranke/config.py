@@ -86,9 +86,6 @@ def asset_files(config: dict) -> dict[str, str]:
         f"assets.coco_root (annotations/captions_{config['prompts']['split']}2014.json)": str(
             Path(a["coco_root"]) / "annotations" / f"captions_{config['prompts']['split']}2014.json"
         ),
-        "assets.vq.checkpoint": a["vq"]["checkpoint"],
-        "assets.gpt.checkpoint": a["gpt"]["checkpoint"],
-        "assets.text_encoder.path": a["text_encoder"]["path"],
         "assets.clip.weights": a["clip"]["weights"],
         "assets.reward.weights": a["reward"]["weights"],
         "assets.fid.weights": a["fid"]["weights"],
@@ -98,7 +95,11 @@ def asset_files(config: dict) -> dict[str, str]:
             files[f"assets.{key}.config"] = a[key]["config"]
     if a["perceptual"]["kind"] == "lpips-vgg":
         files["assets.perceptual.weights"] = a["perceptual"].get("weights")
-    if config["backbone"] == "janus":
+    if config["backbone"] == "llamagen":
+        files["assets.vq.checkpoint"] = (a.get("vq") or {}).get("checkpoint")
+        files["assets.gpt.checkpoint"] = (a.get("gpt") or {}).get("checkpoint")
+        files["assets.text_encoder.path"] = (a.get("text_encoder") or {}).get("path")
+    else:
         files["assets.janus.path"] = (a.get("janus") or {}).get("path")
     return files
 

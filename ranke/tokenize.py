@@ -58,10 +58,11 @@ def tokenize_split(cfg: dict, split: str, out_path: str | Path, num_workers: int
     skip_bad = bool(tok_cfg.get("skip_bad_images", False))
 
     table = coco.captions_by_image(coco.read_split(root, split).captions)
-    vq_path = cfg["assets"]["vq"]["checkpoint"]
-    vq_sha = io.sha256_file(vq_path)
     backbone = build_backbone(cfg, device, load_text=False)
     vq = backbone.vq.eval()
+    # the file the codes depend on (Janus keeps its VQ inside the model's weights file)
+    vq_path = getattr(backbone, "vq_file", None) or cfg["assets"]["vq"]["checkpoint"]
+    vq_sha = io.sha256_file(vq_path)
     log.info(
         "tokenizing %s: %d images from %s at %d px, VQ %s (sha256 %s), device %s",
         split, len(table), root, size, vq_path, vq_sha[:12], device,

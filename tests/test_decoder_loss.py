@@ -171,7 +171,7 @@ def test_lpips_loads_heads_and_trunk_from_local_files(tmp_path):
         build_perceptual({"kind": "lpips-vgg", "weights": str(tmp_path / "vgg.pth")})
     m = build_perceptual({"kind": "lpips-vgg", "weights": str(tmp_path / "vgg.pth"), "vgg16": str(tmp_path / "vgg16.pth")})
     assert torch.equal(m.features[0].weight, ref.features[0].weight)
-    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
     assert torch.allclose(m(x, x), torch.zeros(2))
     assert bool((m(x, torch.flip(x, dims=[3])) > 0).all())
     # a full LPIPS state dict (net.sliceK.N keys) carries its own trunk

@@ -74,3 +74,39 @@ def test_ema_update_moves_parameters_not_buffers():
     assert torch.equal(ema.running_mean, torch.zeros(3))
     with pytest.raises(ValueError):
         grpo_advantages(torch.zeros(7), 4)
+
+
+def test_gradient_checkpointing_gives_the_same_logprobs_and_gradients(monkeypatch):
+    import copy
+
+    from ranke.models.backbone import build_gpt
+    from ranke.sampling import teacher_forced_logprobs
+    from ranke.train.round import enable_gradient_checkpointing
+
+    torch.manual_seed(0)
+    gpt = build_gpt({"dim": 32, "n_layer": 2, "n_head": 2, "caption_dim": 8, "multiple_of": 32}, 16, 16, 4)
+    torch.nn.init.normal_(gpt.output.weight, std=0.2)
+    ck = copy.deepcopy(gpt)
+    calls = {"n": 0}
+    block = type(gpt.layers[0])
+    orig = block.forward
+
+    def counting(self, *a, **k):
+        calls["n"] += 1
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(block, "forward", counting)
+    enable_gradient_checkpointing(ck)
+    assert ck.state_dict().keys() == gpt.state_dict().keys()
+    emb, mask = torch.randn(3, 4, 8), torch.ones(3, 4, dtype=torch.bool)
+    codes = torch.randint(0, 16, (3, 16))
+    a = teacher_forced_logprobs(gpt, emb, mask, codes)
+    b = teacher_forced_logprobs(ck, emb, mask, codes)
+    assert torch.allclose(a, b, atol=1e-6)
+    a.sum().backward()
+    calls["n"] = 0
+    b = teacher_forced_logprobs(ck, emb, mask, codes)
+    b.sum().backward()
+    assert calls["n"] == 4  # 2 blocks, each run again in the backward pass
+    for (n, p), q in zip(gpt.named_parameters(), ck.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6), n

@@ -272,3 +272,21 @@ def test_two_gloo_processes_equal_one(world, tmp_path):
         assert float((diffs > 2e-5).float().mean()) < 0.01, name
     sa, sb = _load(tmp_path / "o1" / "state.pt"), _load(tmp_path / "o2" / "state.pt")
     assert sa["step"] == sb["step"] == 2
+
+
+def test_config_yaml_train_block_is_what_run_round_reads(world, tmp_path):
+    """The shipped config's methods / train keys drive a round (tiny models, 1 step, demo perceptual)."""
+    import yaml
+
+    root, cfg = world
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
+    c = copy.deepcopy(cfg)
+    c["methods"] = shipped["methods"]
+    c["train"] = copy.deepcopy(shipped["train"])
+    c["train"].update(prompts_per_step=2, group_size=4)
+    c["train"]["discriminator"].update(start_step=0, n_layers=1)  # 8 px test images: a 1-layer PatchGAN
+    c["rounds"] = {"n": 1, "steps": 1}
+    run_round(c, "ranke", 1, None, root / "tokens_train.parquet", tmp_path / "w", tmp_path / "o", tmp_path / "l.parquet")
+    row = read_parquet(tmp_path / "l.parquet", "train_log").iloc[0]
+    assert row["phase"] == "both" and np.isfinite(row["loss_policy"]) and np.isfinite(row["loss_rank_gan"])
+    assert row["tau"] == shipped["train"]["decoder"]["tau_start"]

@@ -157,3 +157,305 @@ def test_snakemake_profile_slurm_runs_rules_as_jobs(slurm_cluster, tmp_path):
     assert result["clean"]["env"]["SLURM_JOB_ID"] == result["clean"]["job_id"]
     assert LEAK_MARKER not in result["clean"]["env"]
     assert result["raw"]["env"].get(LEAK_MARKER) == "from-the-outer-job", "control: without clean_env it leaks"
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole pipeline on the cluster: tests/configs/tiny.yaml, local reference run, two faults.
+#
+# Invocations (the budget allows few): a local reference run (`snakemake --cores 2`, run alongside
+# the cluster runs because those mostly wait on status checks), then two SLURM runs in one working
+# directory:
+#   A  the literal command + an overlay that sends rounds to SLURM (if tiny.yaml does not) + a bad
+#      `score` value (fault 2), while a watcher scancels the first round job that has written a
+#      work/ checkpoint (fault 1). Expected: non-zero exit naming the failed rules and their logs,
+#      nothing downstream of the cancelled round.
+#   B  the same without the bad value. Expected: only what failed (and what depends on it) runs,
+#      the cancelled round resumes from its checkpoint, and every result equals the local run's.
+
+TINY = "tests/configs/tiny.yaml"
+WORKFLOW_FILES = ["Snakefile", "config.yaml", "workflow", "envs", "tests/configs"]
+ROUND_LOG = "logs/{method}/round_{round}/train.log"  # the train_round rule's log (workflow/rules/train.smk)
+SUBMITTED_ROUND = re.compile(r"submitted round job (\d+) \((\w+)")
+# Fault 2: a value the schema accepts but the score stage rejects when it runs; only `score` reads
+# the `score` section, so nothing else is affected.
+FAILING_RULE = "score"
+FAULT_OVERLAY = {"score": {"decoder": "ema"}}  # placeholder until the tiny config is known
+# columns that measure time, not results
+TIMING_COLUMNS = {"train_log": {"step_time_s"}}
+TIMING_DETAIL_KEYS = ("time", "timing", "seconds", "elapsed", "duration")
+
+
+def _copy_workflow(dst: Path) -> None:
+    import shutil
+
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__", ".snakemake"))
+        else:
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / name)
+
+
+def _write_yaml(path: Path, data: dict) -> str:
+    import yaml
+
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path.name
+
+
+def _local_rules(workdir: Path) -> set[str]:
+    """Rules declared `localrules:` anywhere in the workflow (plus the target rule `all`)."""
+    text = "\n".join(p.read_text() for p in [workdir / "Snakefile", *sorted((workdir / "workflow").rglob("*.smk"))])
+    names = {"all"}
+    for block in re.findall(r"^localrules:((?:[ \t]*\w+[ \t]*,?[ \t]*\n?|\n[ \t]+\w+[ \t]*,?)+)", text, re.M):
+        names.update(re.findall(r"\w+", block))
+    return names
+
+
+def _jobs(output: str) -> list[dict]:
+    """Every job snakemake started: rule, local?, wildcards, snakemake job id, SLURM job id."""
+    jobs, current = {}, None
+    for line in output.splitlines():
+        m = re.match(r"^(localrule|rule) (\w+):$", line)
+        if m:
+            current = {"rule": m.group(2), "local": m.group(1) == "localrule", "wildcards": "", "slurm_id": None}
+            continue
+        if current is not None:
+            m = re.match(r"^\s+jobid: (\d+)$", line)
+            if m:
+                jobs[int(m.group(1))] = current
+                continue
+            m = re.match(r"^\s+wildcards: (.*)$", line)
+            if m:
+                current["wildcards"] = m.group(1)
+                continue
+            if not line.startswith(" "):
+                current = None
+        m = re.match(r"^Job (\d+) has been submitted with SLURM jobid (\d+)", line)
+        if m:
+            jobs[int(m.group(1))]["slurm_id"] = m.group(2)
+    return list(jobs.values())
+
+
+def _snapshot(workdir: Path) -> dict[str, int]:
+    return {
+        str(p.relative_to(workdir)): p.stat().st_mtime_ns
+        for top in ("results", "resources")
+        for p in (workdir / top).rglob("*")
+        if p.is_file() and "/work/" not in str(p)
+    }
+
+
+class RoundCanceller:
+    """Fault 1: scancel the first round job whose work/ checkpoint has appeared (polls 5x a second)."""
+
+    def __init__(self, workdir: Path):
+        import threading
+
+        self.workdir = workdir
+        self.cancelled: dict | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self):
+        while not self._stop.is_set():
+            for resume in sorted(self.workdir.glob("results/*/round_*/work/*")):
+                method, round_dir = resume.parts[-4], resume.parts[-3]
+                log = self.workdir / ROUND_LOG.format(method=method, round=round_dir.split("_")[1])
+                ids = SUBMITTED_ROUND.findall(log.read_text()) if log.exists() else []
+                if ids:
+                    job_id = ids[-1][0]
+                    subprocess.run(["scancel", job_id], check=True, timeout=30)
+                    self.cancelled = {"method": method, "round": int(round_dir.split("_")[1]), "job_id": job_id,
+                                      "checkpoint": str(resume.relative_to(self.workdir))}
+                    return
+            self._stop.wait(0.2)
+
+
+def _read_result(path: Path):
+    """(kind, DataFrame) of a results Parquet file, timing columns dropped, details made comparable."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    kind = meta.get(b"ranke.kind", b"").decode() or path.stem
+    df = pd.read_parquet(path)
+    df = df.drop(columns=[c for c in TIMING_COLUMNS.get(kind, ()) if c in df.columns])
+    if "details" in df.columns:
+        def strip_timing(text):
+            try:
+                obj = json.loads(text)
+            except (TypeError, ValueError):
+                return text
+            if isinstance(obj, dict):
+                obj = {k: v for k, v in obj.items() if not any(t in k.lower() for t in TIMING_DETAIL_KEYS)}
+            return json.dumps(obj, sort_keys=True)
+        df["details"] = df["details"].map(strip_timing)
+    return kind, df
+
+
+def _compare_results(local: Path, cluster: Path) -> list[str]:
+    """Differences between the two runs' Parquet files (empty = identical in content)."""
+    import numpy as np
+
+    problems = []
+    local_files = sorted(p.relative_to(local) for p in (local / "results").rglob("*.parquet"))
+    cluster_files = sorted(p.relative_to(cluster) for p in (cluster / "results").rglob("*.parquet"))
+    if local_files != cluster_files:
+        problems.append(f"different files: local only {sorted(set(local_files) - set(cluster_files))}, "
+                        f"cluster only {sorted(set(cluster_files) - set(local_files))}")
+    for rel in local_files:
+        if not (cluster / rel).exists():
+            continue
+        kind, a = _read_result(local / rel)
+        _, b = _read_result(cluster / rel)
+        if list(a.columns) != list(b.columns) or len(a) != len(b):
+            problems.append(f"{rel}: shape/columns differ: {a.shape} {list(a.columns)} vs {b.shape} {list(b.columns)}")
+            continue
+        for col in a.columns:
+            x, y = a[col].to_numpy(), b[col].to_numpy()
+            if x.dtype.kind == "f":
+                same = np.array_equal(x, y, equal_nan=True)
+                if not same:
+                    diff = np.nanmax(np.abs(x.astype(float) - y.astype(float)))
+                    problems.append(f"{rel}: column {col} differs (max |diff| {diff:.3g})")
+            elif x.dtype == object and len(x) and isinstance(x[0], np.ndarray):  # list columns (codes)
+                if not all(np.array_equal(u, v) for u, v in zip(x, y)):
+                    problems.append(f"{rel}: column {col} differs")
+            elif not (x == y).all():
+                problems.append(f"{rel}: column {col} differs")
+    return problems
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_pipeline_on_slurm_matches_local_and_recovers(slurm_cluster, tmp_path):
+    import threading
+    import time
+
+    from ranke.config import load_config
+
+    if not (REPO / TINY).exists():
+        pytest.fail(f"{TINY} is missing: the pipeline's tiny CI configuration is needed for this test")
+    timings: dict[str, float] = {}
+    t_start = time.monotonic()
+    local, cluster = tmp_path / "local", tmp_path / "cluster"
+    for d in (local, cluster):
+        d.mkdir()
+        _copy_workflow(d)
+    config = load_config(REPO / TINY)
+    env = slurm_env({"XDG_CONFIG_HOME": str(tmp_path / "xdg")})
+    subprocess.run([sys.executable, "-m", "ranke", "install-profile"], env=env, check=True, capture_output=True)
+
+    # the local reference run, alongside the cluster runs
+    local_result: dict = {}
+
+    def run_local():
+        t0 = time.monotonic()
+        local_result["proc"] = run_bounded([SNAKEMAKE, "--cores", "2", "--configfile", TINY], timeout=900,
+                                           cwd=local, env=slurm_env(), log=tmp_path / "local.log")
+        timings["local_run_s"] = time.monotonic() - t0
+
+    local_thread = threading.Thread(target=run_local, daemon=True)
+    local_thread.start()
+
+    # the literal command, plus overlays: rounds through submitit on SLURM, and (run A) the fault
+    command = [SNAKEMAKE, "--profile", "slurm", "--configfile", TINY]
+    overlays = []
+    if config["cluster"]["executor"] != "slurm":
+        overlays.append(_write_yaml(cluster / "slurm-rounds.yaml", {"cluster": {"executor": "slurm"}}))
+    fault = _write_yaml(cluster / "fault.yaml", FAULT_OVERLAY)
+
+    # ---- run A: fault 2 (bad value for `score`) and fault 1 (scancel a round mid-way)
+    t0 = time.monotonic()
+    with RoundCanceller(cluster) as canceller:
+        run_a = run_bounded(command + overlays + [fault], timeout=900, cwd=cluster, env=env, log=tmp_path / "run_a.log")
+    timings["slurm_run_a_s"] = time.monotonic() - t0
+    out_a = run_a.stdout
+    assert run_a.returncode not in (0, 124, 137), f"run A: exit {run_a.returncode}\n{out_a[-5000:]}"
+    cancelled = canceller.cancelled
+    assert cancelled, f"no round wrote a work/ checkpoint before it ended: cannot test the cancel\n{out_a[-3000:]}"
+    rows = slurm_cluster.wait_final([cancelled["job_id"]])
+    assert rows[cancelled["job_id"]]["State"] == "CANCELLED", (
+        f"round job {cancelled} was not cancelled mid-way (it ended first?): {rows}")
+    m, r = cancelled["method"], cancelled["round"]
+    round_log = ROUND_LOG.format(method=m, round=r)
+    # snakemake names each failed rule and its log
+    assert re.search(rf"Error in rule train_round:(?:\n .*)*?\n\s+log: {re.escape(round_log)}", out_a), out_a[-5000:]
+    failed_scores = re.findall(rf"Error in rule {FAILING_RULE}:(?:\n .*)*?\n\s+log: (\S+?),? ", out_a)
+    assert failed_scores, out_a[-5000:]
+    for log in failed_scores:
+        assert (cluster / log).exists(), log
+    # nothing downstream of the cancelled round ran on partial data
+    round_dir = cluster / f"results/{m}/round_{r}"
+    assert not (round_dir / "checkpoint").exists() and not (round_dir / "train_log.parquet").exists()
+    assert (cluster / cancelled["checkpoint"]).exists(), "the round's work/ checkpoint must survive the cancel"
+    downstream = [round_dir / "samples.parquet", round_dir / "metrics.parquet", cluster / "results/report"]
+    downstream += [cluster / f"results/{m}/round_{k}" for k in range(r + 1, config["rounds"]["n"] + 1)]
+    assert not [str(p) for p in downstream if p.exists()], "outputs downstream of the cancelled round exist"
+    after_a = _snapshot(cluster)
+
+    # ---- run B: the fixed config; only what failed (and depends on it) runs, the round resumes
+    t0 = time.monotonic()
+    run_b = run_bounded(command + overlays, timeout=900, cwd=cluster, env=env, log=tmp_path / "run_b.log")
+    timings["slurm_run_b_s"] = time.monotonic() - t0
+    out_b = run_b.stdout
+    assert run_b.returncode == 0, f"run B: exit {run_b.returncode}\n{out_b[-6000:]}\n{slurm_cluster.logs()}"
+    after_b = _snapshot(cluster)
+    redone = sorted(p for p, mtime in after_a.items() if after_b.get(p) != mtime)
+    assert not redone, f"run B redid outputs that run A had completed: {redone}"
+    jobs_b = _jobs(out_b)
+    rerun_rules = {j["rule"] for j in jobs_b}
+    assert rerun_rules <= {"train_round", "sample", "score", "report", "all"}, rerun_rules
+    assert {"train_round", FAILING_RULE, "report"} <= rerun_rules, rerun_rules
+
+    # the cancelled round resumed from its checkpoint (the round job's own log says so)
+    ids = SUBMITTED_ROUND.findall((cluster / round_log).read_text())
+    assert ids and ids[-1][1] == "slurm", (cluster / round_log).read_text()[-2000:]
+    job_logs = "\n".join(p.read_text(errors="replace") for p in (cluster / "logs/submitit" / ids[-1][0]).glob("*log*"))
+    resumed = re.search(r"resumed from \S+: (\d+)/(\d+) steps", job_logs)
+    assert resumed and 0 < int(resumed.group(1)) < int(resumed.group(2)), job_logs[-3000:]
+
+    # every stage ran as a SLURM job, except the declared local rules; accounting agrees
+    local_rules = _local_rules(cluster)
+    jobs = _jobs(out_a) + jobs_b
+    for job in jobs:
+        if job["local"]:
+            assert job["rule"] in local_rules, job
+        else:
+            assert job["slurm_id"], f"rule job without a SLURM job id: {job}"
+    slurm_ids = [j["slurm_id"] for j in jobs_b if j["slurm_id"]]
+    rows = slurm_cluster.wait_final(slurm_ids)
+    for job in jobs_b:
+        if job["slurm_id"]:
+            row = rows[job["slurm_id"]]
+            assert row["State"] == "COMPLETED" and f"rule_{job['rule']}" in row["Comment"], (job, row)
+    # rounds went through submitit to SLURM: every round's latest job completed, named by submitit
+    methods = [mm["name"] for mm in config["methods"] if mm["mode"] != "none"]
+    round_jobs = {}
+    for method in methods:
+        for k in range(1, config["rounds"]["n"] + 1):
+            found = SUBMITTED_ROUND.findall((cluster / ROUND_LOG.format(method=method, round=k)).read_text())
+            assert found and found[-1][1] == "slurm", (method, k)
+            round_jobs[found[-1][0]] = f"ranke-{method}-r{k}"
+    rows = slurm_cluster.wait_final(list(round_jobs))
+    for job_id, name in round_jobs.items():
+        assert rows[job_id]["State"] == "COMPLETED" and rows[job_id]["JobName"] == name, rows[job_id]
+
+    # ---- identical in content to the local run
+    local_thread.join(timeout=900)
+    assert "proc" in local_result, "the local reference run did not finish"
+    assert local_result["proc"].returncode == 0, local_result["proc"].stdout[-5000:]
+    problems = _compare_results(local, cluster)
+    timings["total_s"] = time.monotonic() - t_start
+    print(f"\nSLURM e2e timings (s): {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
+    assert not problems, "SLURM results differ from the local run:\n  " + "\n  ".join(problems)

@@ -158,9 +158,11 @@ def train_vq(cfg: dict, coco_root: str | Path, out: str | Path, device="cpu") ->
 
     seed_everything(seed)
     images, _ = load_split_images(coco_root, "train", image_size)
-    model = build_vq(arch).to(device).train()
+    # channels_last: ~1.2-1.4x faster convolutions (forward and backward) with oneDNN on CPU
+    model = build_vq(arch).to(device).to(memory_format=torch.channels_last).train()
+    images = images.contiguous(memory_format=torch.channels_last)
     distance = PyramidDistance().to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.5, 0.9))
+    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(seed)
     k = model.codebook_size
     counts = torch.zeros(k, dtype=torch.long)
@@ -189,16 +191,16 @@ def train_vq(cfg: dict, coco_root: str | Path, out: str | Path, device="cpu") ->
             usage = float((counts > 0).float().mean()) if restart_every > 0 else float("nan")
             p = float(psnr(rec.detach(), x).mean())
             log.info("vq step %d/%d: loss %.4f l1 %.4f perceptual %.4f codebook %.4f commit %.4f psnr %.2f dB "
-                     "usage(window) %.2f restarted %d lr %.2e", step + 1, steps, float(loss), float(l1), float(perc),
-                     float(cb_loss), float(commit_loss), p, usage, restarted, opt.param_groups[0]["lr"])
-            bar.set_postfix(loss=f"{float(loss):.3f}", psnr=f"{p:.1f}")
+                     "usage(window) %.2f restarted %d lr %.2e", step + 1, steps, loss.item(), l1.item(), perc.item(),
+                     cb_loss.item(), commit_loss.item(), p, usage, restarted, opt.param_groups[0]["lr"])
+            bar.set_postfix(loss=f"{loss.item():.3f}", psnr=f"{p:.1f}")
         if restart_every > 0 and (step + 1) % restart_every == 0:
             counts.zero_()
     model.eval()
     save_checkpoint(model, out, {"kind": "vq", "arch": model.config.to_dict()})
     secs = time.perf_counter() - t0
     log.info("VQ trained in %.1fs -> %s", secs, out)
-    return {"seconds": secs, "final_loss": float(loss)}
+    return {"seconds": secs, "final_loss": loss.item()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -304,13 +306,13 @@ def train_clip(cfg: dict, coco_root: str | Path, out: str | Path, device="cpu") 
             if (step + 1) % every == 0 or step == steps - 1:
                 acc = float(((ie @ te.t()).argmax(1) == torch.arange(bs, device=ie.device)).float().mean())
                 log.info("clip step %d/%d: loss %.4f batch top-1 %.3f logit scale %.1f lr %.2e", step + 1, steps,
-                         float(loss), acc, float(model.logit_scale.exp()), opt.param_groups[0]["lr"])
-                bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{acc:.2f}")
+                         loss.item(), acc, model.logit_scale.exp().item(), opt.param_groups[0]["lr"])
+                bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
         sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         torch.save(sd, tmp / "weights.pt")
     secs = time.perf_counter() - t0
     log.info("CLIP trained in %.1fs -> %s", secs, out)
-    return {"seconds": secs, "final_loss": float(loss)}
+    return {"seconds": secs, "final_loss": loss.item()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -400,14 +402,14 @@ def train_gpt(cfg: dict, tokens_path: str | Path, t5_path: str | Path, out: str 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if (step + 1) % every == 0 or step == steps - 1:
-            log.info("gpt step %d/%d: loss %.4f (ppl %.1f) lr %.2e", step + 1, steps, float(loss),
-                     math.exp(float(loss)), opt.param_groups[0]["lr"])
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            log.info("gpt step %d/%d: loss %.4f (ppl %.1f) lr %.2e", step + 1, steps, loss.item(),
+                     math.exp(loss.item()), opt.param_groups[0]["lr"])
+            bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
     save_checkpoint(model, out, {"kind": "gpt", "arch": model.config.to_dict()})
     secs = time.perf_counter() - t0
     log.info("GPT trained in %.1fs -> %s", secs, out)
-    return {"seconds": secs, "final_loss": float(loss)}
+    return {"seconds": secs, "final_loss": loss.item()}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ranke.io import atomic_path, save_torch
-from ranke.sampling import _sample_from, _step_logprobs, _uniforms
+from ranke.sampling import sample_from_uniform, sampling_logprobs, per_row_uniforms
 
 log = logging.getLogger("ranke.models.janus")
 
@@ -379,7 +379,7 @@ class JanusBackbone:
                              f"{temperature}, {top_k}, {top_p}")
         # Same seeding as ranke.sampling: row i's L uniforms come from its own CPU generator and
         # pick tokens by inverse CDF, so a row never depends on the rest of the batch.
-        u = _uniforms(seeds, L).to(device)
+        u = per_row_uniforms(seeds, L).to(device)
         greedy = temperature == 0
         temp = temperature if temperature > 0 else 1.0
         use_cfg = cfg_scale != 1.0
@@ -396,8 +396,8 @@ class JanusBackbone:
         codes = torch.empty(B, L, dtype=torch.long, device=device)
         logps = torch.empty(B, L, dtype=torch.float32, device=device) if return_logprobs else None
         for t in range(L):
-            lp = _step_logprobs(policy.image_logits(hidden), B, cfg_scale, temp, top_k, top_p)
-            nxt = lp.argmax(-1) if greedy else _sample_from(lp, u[:, t])
+            lp = sampling_logprobs(policy.image_logits(hidden), B, cfg_scale, temp, top_k, top_p)
+            nxt = lp.argmax(-1) if greedy else sample_from_uniform(lp, u[:, t])
             codes[:, t] = nxt
             if logps is not None:
                 logps[:, t] = lp.gather(1, nxt[:, None]).squeeze(1)

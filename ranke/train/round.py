@@ -83,6 +83,19 @@ def check_finite(value: torch.Tensor | float, step: int, term: str) -> float:
     return v
 
 
+def method_config(cfg: dict, method: str) -> dict:
+    """config `methods` is a mapping name -> {mode, schedule} or a list of {name, mode, schedule}."""
+    methods = cfg["methods"]
+    if isinstance(methods, dict):
+        if method in methods:
+            return methods[method]
+    else:
+        for m in methods:
+            if m.get("name") == method:
+                return m
+    raise KeyError(f"method {method!r} is not in config methods")
+
+
 def phase_of(method_cfg: dict, round_idx: int) -> str:
     mode = method_cfg.get("mode")
     schedule = method_cfg.get("schedule", "step")
@@ -150,6 +163,11 @@ def _set_rng_state(st: dict) -> None:
 
 
 def _fingerprint(cfg: dict, method: str, round_idx: int, init_dir, tokens_path) -> str:
+    """Identity of a round's inputs: a resume checkpoint from other inputs is not used. Where the job
+    runs (cluster) and how often it checkpoints do not change the result, so they are left out."""
+    cfg = {k: v for k, v in cfg.items() if k != "cluster"}
+    if "train" in cfg:
+        cfg["train"] = {k: v for k, v in cfg["train"].items() if k != "checkpoint_every"}
     blob = json.dumps([cfg, method, round_idx, str(init_dir), str(tokens_path)], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -216,7 +234,10 @@ class RoundRunner:
     """Holds the models and optimizers of one round; `train_step()` runs one step."""
 
     def __init__(self, cfg: dict, method: str, round_idx: int, init_dir, tokens_path, work_dir,
-                 dist_info: Dist | None = None, device: torch.device | None = None):
+                 dist_info: Dist | None = None, device: torch.device | None = None, *,
+                 backbone=None, reward=None, perceptual=None, data=None):
+        """Components default to what the config names; `backbone`, `reward`, `perceptual` and `data`
+        can be given pre-built (bench/round.py runs random-weight presets without files)."""
         from ranke.models.factory import build_backbone
         from ranke.perceptual import build_perceptual
         from ranke.rewards import build_reward
@@ -227,7 +248,7 @@ class RoundRunner:
         self.device = device or resolve_device(cfg.get("device", "auto"))
         self.amp = autocast_dtype(cfg.get("precision", "auto"), self.device)
         self.seed = int(cfg.get("seed", 0))
-        self.phase = phase_of(cfg["methods"][method], round_idx)
+        self.phase = phase_of(method_config(cfg, method), round_idx)
         self.update_policy = self.phase in ("policy", "both")
         self.update_decoder = self.phase in ("decoder", "both")
         self.n_steps = int(cfg["rounds"]["steps"])
@@ -238,7 +259,7 @@ class RoundRunner:
         self.G = int(self.tcfg["group_size"])
 
         # models: the base assets first (they also give the fixed KL reference = the run's start)
-        self.backbone = build_backbone(cfg, self.device)
+        self.backbone = backbone if backbone is not None else build_backbone(cfg, self.device)
         bb = self.backbone
         self.policy, self.vq = bb.policy, bb.vq
         need_ref = self.update_policy and float(pc["kl_coef"]) > 0 and pc.get("reference", "fixed") == "fixed"
@@ -253,6 +274,7 @@ class RoundRunner:
         else:
             self.policy_ema = copy.deepcopy(self.policy)
             self.vq_ema = copy.deepcopy(self.vq)
+        bb.policy, bb.vq = self.policy, self.vq  # no stale base copies held by the backbone
         for m in (self.policy, self.vq, self.policy_ema, self.vq_ema):
             m.to(self.device).eval()
         self.policy_ema.requires_grad_(False)
@@ -278,12 +300,15 @@ class RoundRunner:
         if extra:
             self._load_carried(extra)
 
-        self.reward = build_reward(cfg["assets"]["reward"], self.device)
-        needs_perc = self.update_decoder
-        self.perceptual = build_perceptual(cfg["assets"].get("perceptual"), self.device) if needs_perc else None
-        tokens = read_parquet(tokens_path, "tokens")
-        self.data = TrainData(tokens, cfg["assets"]["coco_root"], int(cfg["image_size"]),
-                              int(self.tcfg["prompts_per_step"]), self.seed)
+        self.reward = reward if reward is not None else build_reward(cfg["assets"]["reward"], self.device)
+        self.perceptual = perceptual
+        if self.perceptual is None and self.update_decoder:
+            self.perceptual = build_perceptual(cfg["assets"].get("perceptual"), self.device)
+        if data is None:
+            data = TrainData(read_parquet(tokens_path, "tokens"), cfg["assets"]["coco_root"], int(cfg["image_size"]),
+                             int(self.tcfg["prompts_per_step"]), self.seed)
+        self.data = data
+        self.timings: dict[str, float] = {}  # seconds per part of the last step (bench, logs)
         self.start_step = self.state.step
         self._maybe_resume()
 
@@ -375,6 +400,8 @@ class RoundRunner:
                            frac=float(dc["tau_anneal_frac"]))
         row["tau"] = tau
         chunk = int(tc.get("rollout", {}).get("batch_size", 0) or 0)
+        self.timings = {}
+        mark = self._timer()
 
         # 1. rollouts
         batch = self.data.batch(t, self.dist.rank, self.dist.world_size, self.device)
@@ -385,6 +412,7 @@ class RoundRunner:
         seeds = rollout_seeds(self.seed, t, batch.offset, len(batch.captions), G)
         with autocast(self.device, self.amp):
             codes = generate_rollouts(self.backbone, self.policy, cond_g, seeds, tc["rollout"], chunk=chunk)
+        mark("rollouts")
 
         # 2. rewards from the EMA decoder (fp32, outside autocast as the official code)
         rewards, images_ema = score_rollouts(self.backbone, self.vq_ema, self.reward, codes, captions_g, chunk=chunk)
@@ -403,15 +431,18 @@ class RoundRunner:
                 logits = self.policy(sc.emb, sc.mask, codes[sel_idx], mask=pc.get("logprob_mask", "generation"))
             soft = topk_soft_codes(logits, int(dc.get("lasc_topk", 20)))
             del logits
+        mark("rewards")
 
         # 3. policy update
         if self.update_policy:
             self._policy_update(row, t, rewards, cond_g, codes, chunk)
+            mark("policy")
 
         # 4. discriminator + decoder update
         if self.update_decoder:
             self._decoder_update(row, t, batch, codes[sel_idx], [captions_g[i] for i in sel_idx.tolist()],
                                  weights, images_ema[sel_idx], soft)
+            mark("decoder")
 
         row["step_time_s"] = time.perf_counter() - t0
         self._sync_row(row)
@@ -419,6 +450,18 @@ class RoundRunner:
         self.state.round_steps += 1
         self.state.log_rows.append(row)
         return row
+
+    def _timer(self):
+        last = [time.perf_counter()]
+
+        def mark(name: str) -> None:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            now = time.perf_counter()
+            self.timings[name] = now - last[0]
+            last[0] = now
+
+        return mark
 
     def _sync_row(self, row: dict) -> None:
         keys = [c for c in LOG_COLUMNS if c.startswith(("loss_", "kl", "ratio_", "adaptive_"))]
