@@ -4,8 +4,8 @@
 
 * `{kind: open_clip, model, config, weights, quick_gelu, prompt_prefix}` — an open_clip model loaded
   from local files by `ranke.models.clip.load_clip` (the demo's CLIP, or any open_clip checkpoint).
-* `{kind: hf_clip, path, prompt_prefix}` — a transformers `CLIPModel` + tokenizer saved in a local
-  directory (the official RankE reward is `openai/clip-vit-large-patch14`). Preprocessing follows
+* `{kind: hf_clip, model, weights: <dir>, prompt_prefix}` — a transformers `CLIPModel` + tokenizer
+  saved in the local directory `weights` (`model` is informational) (the official RankE reward is `openai/clip-vit-large-patch14`). Preprocessing follows
   the official trainer: [-1,1] -> [0,1], normalise with the CLIP mean/std, then bilinear resize to
   the tower's input size (no crop).
 
@@ -90,9 +90,9 @@ class HFClipReward(RewardModel):
         super().__init__(device)
         from transformers import AutoTokenizer, CLIPModel
 
-        path = cfg.get("path")
+        path = cfg.get("weights") or cfg.get("path")
         if not path or not Path(path).is_dir():
-            raise FileNotFoundError(f"assets.reward.path: transformers CLIP directory not found: {path}")
+            raise FileNotFoundError(f"assets.reward.weights: transformers CLIP directory not found: {path}")
         self.model = CLIPModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
         self.model.to(self.device).eval().requires_grad_(False)
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -133,5 +133,5 @@ def build_reward(cfg: dict, device: torch.device | str = "cpu") -> RewardModel:
     if kind not in REWARD_KINDS:
         raise ValueError(f"assets.reward.kind must be one of {sorted(REWARD_KINDS)}, got {kind!r}")
     model = REWARD_KINDS[kind](cfg, device)
-    log.info("reward model: %s (%s)", kind, cfg.get("path") or cfg.get("weights"))
+    log.info("reward model: %s %s (%s)", kind, cfg.get("model", ""), cfg.get("weights") or cfg.get("path"))
     return model

@@ -157,41 +157,50 @@ def _terminate_gracefully():
             signal.signal(sig, old)
 
 
-def run_bounded(cmd: list[str], *, timeout: float, cwd: Path, env: dict[str, str], log: Path | None = None,
-                kill_after: float = 20) -> subprocess.CompletedProcess:
-    """Run `timeout -k kill_after timeout cmd...` in its own process group; stdout+stderr together.
+class BoundedRun:
+    """`timeout -k KILL_AFTER TIMEOUT cmd...` started in its own process group, output to a file.
 
     Snakemake only asks itself to stop on SIGTERM (it waits for running jobs), hence `timeout -k`.
-    If the test itself is interrupted, the whole group is signalled (TERM, then KILL), so that no
-    snakemake outlives the test session.
+    stop() signals the whole group (TERM, then KILL), so that no snakemake outlives a failed or
+    interrupted test.
     """
-    full = ["timeout", "-k", str(int(kill_after)), str(int(timeout)), *cmd]
-    with open(log or os.devnull, "w") as fh:
-        proc = subprocess.Popen(full, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        chunks = []
+
+    def __init__(self, cmd: list[str], *, timeout: float, cwd: Path, env: dict[str, str], log: Path,
+                 kill_after: float = 20):
+        self.cmd = ["timeout", "-k", str(int(kill_after)), str(int(timeout)), *cmd]
+        self.log = Path(log)
+        with open(self.log, "w") as fh:
+            self.proc = subprocess.Popen(self.cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=fh,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait(self, timeout: float | None = None) -> subprocess.CompletedProcess:
         try:
-            for line in proc.stdout:
-                chunks.append(line)
-                fh.write(line)
-            proc.wait()
+            self.proc.wait(timeout=timeout)
         except BaseException:
-            _stop_group(proc)
+            self.stop()
             raise
-    return subprocess.CompletedProcess(full, proc.returncode, "".join(chunks), "")
+        return subprocess.CompletedProcess(self.cmd, self.proc.returncode, self.log.read_text(errors="replace"), "")
+
+    def stop(self, grace: float = 10) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if self.proc.poll() is not None:
+                return
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                continue
 
 
-def _stop_group(proc: subprocess.Popen, grace: float = 10) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+def run_bounded(cmd: list[str], *, timeout: float, cwd: Path, env: dict[str, str], log: Path | None = None,
+                kill_after: float = 20) -> subprocess.CompletedProcess:
+    """Run a command under BoundedRun and wait for it; stdout holds stdout + stderr."""
+    if log is None:
+        log = Path(cwd) / f".bounded-{os.getpid()}-{time.monotonic_ns()}.log"
+    return BoundedRun(cmd, timeout=timeout, cwd=cwd, env=env, log=log, kill_after=kill_after).wait()
 
 
 def slurm_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from ranke.perceptual import LPIPSVGG, PyramidDistance, build_perceptual
+from ranke.perceptual import LPIPSVGG, build_perceptual
 from ranke.train.decoder import (
     adaptive_gan_weight,
     consistency_loss,
@@ -217,10 +217,10 @@ def test_hf_clip_reward_is_100_cos_differentiable_and_frozen(tmp_path):
 
     from ranke.rewards import CLIP_MEAN, CLIP_STD, build_reward
 
-    with pytest.raises(FileNotFoundError, match="assets.reward.path"):
-        build_reward({"kind": "hf_clip", "path": str(tmp_path / "nope")})
+    with pytest.raises(FileNotFoundError, match="assets.reward.weights"):
+        build_reward({"kind": "hf_clip", "model": "tiny", "weights": str(tmp_path / "nope")})
     model = _tiny_hf_clip(tmp_path / "clip").eval()
-    reward = build_reward({"kind": "hf_clip", "path": str(tmp_path / "clip")})
+    reward = build_reward({"kind": "hf_clip", "model": "tiny", "weights": str(tmp_path / "clip")})
     x = (torch.rand(2, 3, 32, 32) * 2 - 1).requires_grad_(True)
     caps = ["a red circle", "a blue square"]
     r = reward(x, caps)

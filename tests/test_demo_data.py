@@ -29,11 +29,14 @@ def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_same_seed_same_bytes(tmp_path):
-    write_demo_coco(tmp_path / "a", TINY, 32)
-    write_demo_coco(tmp_path / "b", TINY, 32)
+@pytest.mark.parametrize("fmt", ["png", "jpg"])
+def test_same_seed_same_bytes(tmp_path, fmt):
+    cfg = {**TINY, "format": fmt}
+    write_demo_coco(tmp_path / "a", cfg, 32)
+    write_demo_coco(tmp_path / "b", cfg, 32)
     a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
     assert len(a) == 12 + 6 + 2
+    assert sum(k.endswith("." + fmt) for k in a) == 18
     assert a == b
 
 
@@ -105,7 +108,7 @@ def test_jitter_makes_pixels_differ_for_the_same_scene():
         ({"sizes": ["gigantic"]}, "demo.dataset.sizes"),
         ({"jitter": 0.5}, "demo.dataset.jitter"),
         ({"captions_per_image": 0}, "demo.dataset.captions_per_image"),
-        ({"format": "jpg"}, "demo.dataset.format"),
+        ({"format": "gif"}, "demo.dataset.format"),
         ({"colour": ["red"]}, "demo.dataset"),
     ],
 )

@@ -116,7 +116,6 @@ def tiny_config(root: Path) -> dict:
     d["vq"].update(steps=3, batch_size=8)
     d["clip"].update(steps=3, batch_size=16, width=32, embed_dim=16, layers=1, patch_size=8, context_length=24)
     d["gpt"].update(steps=3, batch_size=8)
-    d["quality"] = {"n_retrieval": 12, "n_prompts": 6}
     d["text"].update(d_model=32, num_layers=1, num_heads=2, d_ff=64)
     a = cfg["assets"]
     a["coco_root"] = str(root / "coco")
@@ -169,7 +168,8 @@ def prepared(tmp_path_factory):
     write_tokens(cfg, "train", root / "tokens/train.parquet")
     assert main(["demo-train", "gpt", "--config-json", js, "--tokens", str(root / "tokens/train.parquet"),
                  "--t5", a["text_encoder"]["path"], "--out", a["gpt"]["checkpoint"]]) == 0
-    assert main(["demo-quality", "--config-json", js, "--out", str(root / "quality.parquet")]) == 0
+    assert main(["demo-quality", "--config-json", js, "--out", str(root / "quality.parquet"),
+                 "--n-retrieval", "12", "--n-prompts", "6"]) == 0
     return cfg, root
 
 

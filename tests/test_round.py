@@ -165,13 +165,20 @@ def test_decoder_mode_trains_decoder_only(world, tmp_path):
 
 
 def test_phases_of_the_round_schedule(world, tmp_path):
-    from ranke.train.round import phase_of
+    from ranke.train.round import method_config, phase_of
 
     m = {"mode": "ranke", "schedule": "round"}
     assert [phase_of(m, r) for r in (1, 2, 3)] == ["policy", "decoder", "policy"]
     assert phase_of({"mode": "ranke"}, 2) == "both"
     with pytest.raises(ValueError):
         phase_of({"mode": "none"}, 1)
+    assert method_config({"methods": [{"name": "alt", **m}]}, "alt")["schedule"] == "round"
+    # an even round of the block schedule is a decoder phase: the policy stays as it came in
+    r = _runner(world, "alt", tmp_path, round_idx=2)
+    pol0 = copy.deepcopy(r.policy.state_dict())
+    row = r.train_step()
+    assert row["phase"] == "decoder" and np.isnan(row["kl"]) and np.isfinite(row["loss_decoder"])
+    assert all(torch.equal(pol0[k], v) for k, v in r.policy.state_dict().items())
 
 
 def _files(d: Path) -> dict[str, str]:

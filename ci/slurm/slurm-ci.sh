@@ -199,15 +199,15 @@ start_mariadb() {
       --innodb-log-file-size=16M >"$STATE/log/mariadb-install.log" 2>&1 ||
       { log "mariadb-install-db failed, see $STATE/log/mariadb-install.log"; return 1; }
   fi
+  # mariadbd does not daemonize: its PID is the background job's (setsid execs in place here)
   setsid /usr/sbin/mariadbd --no-defaults --user=mysql --datadir="$datadir" \
     --bind-address=127.0.0.1 --port="$DB_PORT" --skip-name-resolve --socket="$sock" \
     --pid-file="$STATE/run/mariadbd.pid" --log-error="$STATE/log/mariadb.log" \
     --innodb-buffer-pool-size=64M --innodb-log-file-size=16M --innodb-lock-wait-timeout=900 \
     </dev/null >/dev/null 2>&1 &
+  echo "mariadbd $!" >>"$STATE/pids"
   wait_for 60 mariadb-admin --no-defaults --socket="$sock" ping ||
     { log "mariadb did not start:"; tail -20 "$STATE/log/mariadb.log" >&2; return 1; }
-  wait_for 10 test -s "$STATE/run/mariadbd.pid"
-  record mariadbd "$STATE/run/mariadbd.pid" || return 1
   mariadb --no-defaults --socket="$sock" <<'SQL' || return 1
 DROP DATABASE IF EXISTS slurm_acct_db;
 CREATE DATABASE slurm_acct_db;
@@ -225,12 +225,27 @@ start_slurmdbd() {
   record slurmdbd "$STATE/run/slurmdbd.pid"
 }
 
-live_pids() { # the recorded PIDs that still run
-  [ -s "$STATE/pids" ] || return 0
+daemons() { # "name pid" of everything this script started: the PID list, plus the daemons' own
+  # PID files (a daemon whose start timed out before it was recorded is still stopped)
+  local name pid
+  {
+    [ -s "$STATE/pids" ] && cat "$STATE/pids"
+    for name in munged slurmdbd slurmctld slurmd; do
+      pid=$(cat "$STATE/run/$name.pid" 2>/dev/null) && [ -n "$pid" ] && echo "$name $pid"
+    done
+  } | awk '!seen[$2]++'
+}
+
+running() { # running NAME PID: PID is alive (not a zombie) and still runs program NAME (not a reused PID)
+  [ -n "$2" ] && [ "$(cat /proc/"$2"/comm 2>/dev/null)" = "$1" ] &&
+    [ "$(awk '{print $3}' /proc/"$2"/stat 2>/dev/null)" != Z ]
+}
+
+live_pids() { # the daemons this script started that still run
   local name pid
   while read -r name pid; do
-    kill -0 "$pid" 2>/dev/null && echo "$name $pid"
-  done <"$STATE/pids"
+    running "$name" "$pid" && echo "$name $pid"
+  done <<<"$(daemons)"
 }
 
 cmd_up() {
@@ -279,11 +294,12 @@ cmd_up() {
 # down
 
 cmd_down() {
-  [ -s "$STATE/pids" ] || { log "nothing recorded in $STATE/pids: nothing to stop"; return 0; }
-  local t0 name pid
+  local t0 name pid list
+  list=$(daemons)
+  [ -n "$list" ] || { log "nothing recorded in $STATE: nothing to stop"; return 0; }
   t0=$(date +%s%N)
   # cancel jobs while slurmctld still runs, so that no job step outlives the cluster
-  if grep -q '^slurmctld ' "$STATE/pids"; then
+  if running slurmctld "$(awk '$1 == "slurmctld" {print $2}' <<<"$list")"; then
     scancel --partition="$PARTITION" 2>/dev/null
     wait_for 20 bash -c '[ -z "$(squeue -h -t R,CG,PD,S 2>/dev/null)" ]' ||
       log "warning: jobs still listed after scancel: $(squeue -h 2>/dev/null | tr '\n' ';')"
@@ -291,15 +307,15 @@ cmd_down() {
   # TERM all at once (each daemon takes 1-3 s to exit), in reverse start order
   local pids=()
   while read -r name pid; do
-    # only signal a PID that still runs the program we started (guards against PID reuse)
-    if [ "$(cat /proc/"$pid"/comm 2>/dev/null)" = "$name" ]; then
+    if running "$name" "$pid"; then
       kill -TERM "$pid" 2>/dev/null && pids+=("$pid")
     fi
-  done < <(tac "$STATE/pids")
+  done < <(tac <<<"$list")
   for pid in "${pids[@]}"; do
-    wait_for 20 bash -c "! kill -0 $pid" || { log "PID $pid ignored TERM: KILL"; kill -KILL "$pid" 2>/dev/null; }
+    wait_for 20 bash -c "[ ! -e /proc/$pid ] || [ \"\$(awk '{print \$3}' /proc/$pid/stat 2>/dev/null)\" = Z ]" ||
+      { log "PID $pid ignored TERM: KILL"; kill -KILL "$pid" 2>/dev/null; }
   done
-  rm -f "$STATE/pids"
+  rm -f "$STATE/pids" "$STATE"/run/*.pid
   log "down in $(ms_since "$t0") ms (stopped ${#pids[@]} daemons)"
 }
 

@@ -87,11 +87,11 @@ _SHAPE_WORDS = {
     "bar": ["bar", "horizontal bar", "stripe"],
 }
 _POSITION_WORDS = {
-    "left": ["on the left", "at the left side", "in the left part of the picture"],
-    "center": ["in the center", "in the middle", "at the centre of the picture"],
-    "right": ["on the right", "at the right side", "in the right part of the picture"],
-    "top": ["at the top", "near the top edge", "in the upper part of the picture"],
-    "bottom": ["at the bottom", "near the bottom edge", "in the lower part of the picture"],
+    "left": ["on the left", "at the left side", "in the left part"],
+    "center": ["in the center", "in the middle", "at the centre"],
+    "right": ["on the right", "at the right side", "in the right part"],
+    "top": ["at the top", "near the top edge", "in the upper part"],
+    "bottom": ["at the bottom", "near the bottom edge", "in the lower part"],
     "top-left": ["in the top left corner", "at the upper left", "near the top left"],
     "top-right": ["in the top right corner", "at the upper right", "near the top right"],
     "bottom-left": ["in the bottom left corner", "at the lower left", "near the bottom left"],
@@ -183,8 +183,8 @@ def validate_config(cfg: dict, image_size: int, key: str = "demo.dataset") -> De
         # words stop being true.
         raise ValueError(f"{key}.jitter must be a number in [0, 0.1], got {jitter!r}")
     fmt = cfg.get("format", "png")
-    if fmt != "png":
-        raise ValueError(f"{key}.format must be 'png' (lossless, byte-reproducible), got {fmt!r}")
+    if fmt not in ("png", "jpg"):
+        raise ValueError(f"{key}.format must be 'png' or 'jpg', got {fmt!r}")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or not 16 <= image_size <= 512:
         raise ValueError(f"image_size must be an integer in [16, 512] for the demo dataset, got {image_size!r}")
     # The grammar must be able to give every image `captions_per_image` distinct captions.
@@ -234,8 +234,8 @@ def _jitter_rgb(rgb: tuple[int, int, int], rng: np.random.Generator, amount: int
 def render(scene: Scene, image_size: int, jitter: float, rng: np.random.Generator) -> Image.Image:
     """Draw one scene; centre, scale and colours are jittered from `rng`."""
     big = image_size * _SUPERSAMPLE
-    bg = _jitter_rgb(COLOURS[scene.background], rng, 8)
-    fg = _jitter_rgb(COLOURS[scene.colour], rng, 12)
+    bg = _jitter_rgb(COLOURS[scene.background], rng, 4)
+    fg = _jitter_rgb(COLOURS[scene.colour], rng, 6)
     px, py = POSITIONS[scene.position]
     cx = (px + rng.uniform(-jitter, jitter)) * big
     cy = (py + rng.uniform(-jitter, jitter)) * big
@@ -329,8 +329,11 @@ def _write_split(cfg: DemoDatasetConfig, root: Path, split: str, first_ann_id: i
         scene = sample_scene(cfg, rng)
         img = render(scene, cfg.image_size, cfg.jitter, rng)
         name = image_file_name(split, image_id, cfg.format)
-        # compress_level fixed, no optimize pass, no metadata: byte-identical across runs.
-        img.save(folder / name, format="PNG", compress_level=6, optimize=False)
+        # Fixed encoder settings, no optimize pass, no metadata: byte-identical across runs.
+        if cfg.format == "png":
+            img.save(folder / name, format="PNG", compress_level=6, optimize=False)
+        else:
+            img.save(folder / name, format="JPEG", quality=95, subsampling=0, optimize=False)
         images.append({
             "id": image_id,
             "file_name": name,

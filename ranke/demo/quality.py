@@ -8,7 +8,7 @@ Rows (schema "demo_quality": model, metric, value, target, n):
 
   vq    psnr_db            mean per-image PSNR of encode->decode at image_size   (bar >= 24)
   vq    codebook_usage     fraction of the codebook used by the val split's codes  (bar >= 0.5)
-  clip  retrieval_top1     caption -> image top-1 accuracy among the first n_retrieval val images,
+  clip  retrieval_top1     caption -> image top-1 accuracy among the first --n-retrieval val images,
                            each queried with its first caption (strict: the right image only)  (bar >= 0.6)
   gpt   clip_score_samples mean 100*cos(sample_i, caption_i) of base-policy samples (CFG and sampling
                            settings from config `sampling`, seeds as the sample stage: seed*1_000_003 + id)
@@ -50,17 +50,35 @@ def derangement(n: int, seed: int) -> np.ndarray:
     return perm
 
 
-def vq_metrics(backbone, images: torch.Tensor, batch_size: int = 256) -> tuple[float, float]:
-    """(mean PSNR dB, codebook usage fraction) of encode -> decode on `images` [-1, 1]."""
+def vq_metrics(backbone, images: torch.Tensor, codes: torch.Tensor | None = None,
+               batch_size: int = 256) -> tuple[float, float]:
+    """(mean PSNR dB, codebook usage fraction) of encode -> decode on `images` [-1, 1].
+
+    `codes` (N, h*w), if given, are the tokenize stage's codes of the same images (used instead
+    of encoding again).
+    """
     from ranke.demo.train import psnr
 
     psnrs, used = [], torch.zeros(backbone.codebook_size, dtype=torch.bool)
     for i in range(0, len(images), batch_size):
         x = images[i: i + batch_size].to(backbone.device)
-        codes = backbone.tokenize(backbone.vq, x)
-        used[codes.flatten().cpu()] = True
-        psnrs.append(psnr(backbone.decode(backbone.vq, codes).float(), x).cpu())
+        c = backbone.tokenize(backbone.vq, x) if codes is None else codes[i: i + batch_size].to(backbone.device)
+        used[c.flatten().cpu()] = True
+        psnrs.append(psnr(backbone.decode(backbone.vq, c).float(), x).cpu())
     return float(torch.cat(psnrs).mean()), float(used.float().mean())
+
+
+def val_codes(tokens_path: str | Path, image_ids: np.ndarray, vq_path: str | Path) -> torch.Tensor:
+    """The val codes of the tokenize stage, in `image_ids` order; checks they come from this VQ."""
+    t = io.read_parquet(tokens_path, "tokens").set_index("image_id")
+    sha = io.sha256_file(vq_path)
+    stale = t["vq_sha256"] != sha
+    if stale.any():
+        raise ValueError(f"{tokens_path} was made with another VQ checkpoint than {vq_path} (sha256 mismatch)")
+    missing = [int(i) for i in image_ids if i not in t.index]
+    if missing:
+        raise ValueError(f"{tokens_path}: {len(missing)} val images are not tokenized, e.g. image_id {missing[0]}")
+    return torch.tensor(np.stack(t.loc[image_ids, "codes"].to_numpy()), dtype=torch.long)
 
 
 def retrieval_top1(clip, images: torch.Tensor, captions: list[str]) -> float:
@@ -71,13 +89,12 @@ def retrieval_top1(clip, images: torch.Tensor, captions: list[str]) -> float:
     return float(hits.float().mean())
 
 
-def measure(cfg: dict, device="cpu") -> pd.DataFrame:
+def measure(cfg: dict, device="cpu", tokens_path: str | Path | None = None, *, n_retrieval: int = 100,
+            n_prompts: int = 100) -> pd.DataFrame:
     from ranke.models.backbone import LlamaGenBackbone
     from ranke.models.clip import load_clip
 
-    qc = cfg["demo"].get("quality", {})
-    n_ret = int(qc.get("n_retrieval", 100))
-    n_prompts = int(qc.get("n_prompts", 100))
+    n_ret, n_prompts = int(n_retrieval), int(n_prompts)
     sc = cfg["sampling"]
     image_size = int(cfg["image_size"])
     root = cfg["assets"]["coco_root"]
@@ -90,7 +107,10 @@ def measure(cfg: dict, device="cpu") -> pd.DataFrame:
     rows = []
 
     with torch.no_grad():
-        p, usage = vq_metrics(backbone, images)
+        codes = None
+        if tokens_path is not None:
+            codes = val_codes(tokens_path, split.images["image_id"].to_numpy(), cfg["assets"]["vq"]["checkpoint"])
+        p, usage = vq_metrics(backbone, images, codes)
         rows += [("vq", "psnr_db", p, ">= 24", len(images)), ("vq", "codebook_usage", usage, ">= 0.5", len(images))]
         log.info("VQ: PSNR %.2f dB, codebook usage %.3f (%d val images)", p, usage, len(images))
 
@@ -149,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-json", required=True, help="the whole study config as JSON")
     p.add_argument("--out", required=True, help="e.g. results/demo/quality.parquet")
+    p.add_argument("--tokens", default=None, help="tokens parquet of the val split (else the VQ encodes again)")
+    p.add_argument("--n-retrieval", type=int, default=100, help="val images in the CLIP retrieval test")
+    p.add_argument("--n-prompts", type=int, default=100, help="val prompts sampled by the base policy")
     p.add_argument("--strict", action="store_true", help="exit 1 when a quality bar is missed")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave the default)")
     p.add_argument("--log", default=None)
@@ -159,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(cfg.get("device", "auto"))
     log_environment({"stage": "demo-quality", "device": str(device)})
-    df = measure(cfg, device)
+    df = measure(cfg, device, args.tokens, n_retrieval=args.n_retrieval, n_prompts=args.n_prompts)
     io.write_parquet(df, args.out, "demo_quality")
     missed = bars_missed(df)
     for m in missed:

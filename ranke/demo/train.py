@@ -130,6 +130,15 @@ def restart_dead_codes(embedding: torch.Tensor, counts: torch.Tensor, latents: t
     return int(len(dead))
 
 
+@torch.no_grad()
+def _eval_psnr(model, images: torch.Tensor) -> float:
+    model.eval()
+    x = images.to(next(model.parameters()).device)
+    rec = model.decode_latents(model.quantize(model.encode_latents(x))[0])
+    model.train()
+    return float(psnr(rec, x).mean())
+
+
 def check_vq_geometry(image_size: int, arch: dict) -> int:
     """The VQ grid side; ValueError naming the key when image_size does not divide into it."""
     down = 2 ** (len(arch.get("ch_mult", [1, 1, 2, 2, 4])) - 1)
@@ -166,6 +175,7 @@ def train_vq(cfg: dict, coco_root: str | Path, out: str | Path, device="cpu") ->
     gen = torch.Generator().manual_seed(seed)
     k = model.codebook_size
     counts = torch.zeros(k, dtype=torch.long)
+    probe = images[:64]  # fixed images for a less noisy PSNR in the log
     log.info("VQ: %d train images at %dpx -> %dx%d codes, codebook %d; %.2fM params; %d steps x %d, lr %g",
              len(images), image_size, grid, grid, k, sum(p.numel() for p in model.parameters()) / 1e6, steps, bs, lr)
     t0 = time.perf_counter()
@@ -189,7 +199,7 @@ def train_vq(cfg: dict, coco_root: str | Path, out: str | Path, device="cpu") ->
             restarted = restart_dead_codes(model.quantize.embedding.weight.data, counts, lat, gen)
         if (step + 1) % every == 0 or step == steps - 1:
             usage = float((counts > 0).float().mean()) if restart_every > 0 else float("nan")
-            p = float(psnr(rec.detach(), x).mean())
+            p = _eval_psnr(model, probe)
             log.info("vq step %d/%d: loss %.4f l1 %.4f perceptual %.4f codebook %.4f commit %.4f psnr %.2f dB "
                      "usage(window) %.2f restarted %d lr %.2e", step + 1, steps, loss.item(), l1.item(), perc.item(),
                      cb_loss.item(), commit_loss.item(), p, usage, restarted, opt.param_groups[0]["lr"])

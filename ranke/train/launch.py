@@ -37,7 +37,8 @@ class RoundJob(submitit.helpers.Checkpointable):
     def __call__(self) -> str:
         from ranke.train.round import run_round
 
-        setup_logging()
+        if not logging.getLogger().handlers:  # a fresh job process (local / slurm); debug keeps the driver's
+            setup_logging()
         log_environment({"job": "round", "method": self.kwargs["method"], "round": self.kwargs["round_idx"]})
         cfg = self.kwargs["cfg"]
         world_size = int(cfg["train"].get("world_size", 1))
@@ -134,7 +135,8 @@ def submit_round(cfg: dict, *, method: str, round_idx: int, init_dir: str | None
         log.error("round job %s failed after %.0fs", job.job_id, time.time() - t0)
         _log_tail(job)
         raise
-    log.info("round job %s finished in %.0fs", job.job_id, time.time() - t0)
+    log.info("round job %s finished in %.0fs (job log: %s)", job.job_id, time.time() - t0,
+             getattr(getattr(job, "paths", None), "stderr", "-"))
     return job
 
 

@@ -25,14 +25,11 @@ the ranks come from the environment; otherwise they are spawned here (gloo on CP
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import json
 import logging
 import math
-import os
 import random
-import shutil
 import socket
 import time
 from dataclasses import dataclass, field
@@ -286,6 +283,8 @@ class RoundRunner:
         for p in self.dec_params:
             p.requires_grad_(self.update_decoder)
         self.policy_params = list(self.policy.parameters())
+        if self.update_decoder and float(dc.get("lambda_lasc", 0.0)) > 0 and getattr(bb, "name", "") != "llamagen":
+            raise NotImplementedError("train.decoder.lambda_lasc > 0 (LASC) is implemented for the llamagen backbone only")
         if self.tcfg.get("gradient_checkpointing") and self.update_policy:
             enable_gradient_checkpointing(self.policy)
 
@@ -328,7 +327,10 @@ class RoundRunner:
             if sd is None:
                 continue
             if used:
+                hyper = [(g["lr"], g["weight_decay"]) for g in opt.param_groups]
                 opt.load_state_dict(sd)
+                for g, (lr, wd) in zip(opt.param_groups, hyper):  # this round's config wins over the saved one
+                    g["lr"], g["weight_decay"] = lr, wd
             else:
                 self._passthrough[name] = sd
         if extra.get("rng") is not None:
@@ -622,11 +624,12 @@ def _run_rank(cfg, method, round_idx, init_dir, tokens_path, work_dir, out_dir, 
         bar.update(1)
         if d.main:
             log.info("step %d [%s] reward %.3f±%.3f best %.3f | pol %.4f kl %.4f | disc %.4f dec %.4f "
-                     "(rec %.4f gan %.4f cons %.4f rew %.4f) | tau %.2f | gn pol %.3f dec %.3f | %.2fs",
+                     "(rec %.4f gan %.4f cons %.4f rew %.4f) | tau %.2f | gn pol %.3f dec %.3f | %.2fs %s",
                      row["step"], row["phase"], row["reward_mean"], row["reward_std"], row["reward_best_mean"],
                      row["loss_policy"], row["kl"], row["loss_disc"], row["loss_decoder"], row["loss_rec"],
                      row["loss_rank_gan"], row["loss_consistency"], row["loss_reward"], row["tau"],
-                     row["grad_norm_policy"], row["grad_norm_decoder"], row["step_time_s"])
+                     row["grad_norm_policy"], row["grad_norm_decoder"], row["step_time_s"],
+                     " ".join(f"{k} {v:.2f}s" for k, v in runner.timings.items()))
         if every and runner.state.round_steps % every == 0 and runner.state.round_steps < runner.n_steps:
             runner.save_resume()
     bar.close()
