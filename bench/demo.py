@@ -72,9 +72,19 @@ def run(cfg: dict, work: Path, serial: bool) -> list:
         _wait("clip", pc, t0, logs / "clip.log", rows, 1)
     for split in ("train", "val"):
         t0 = time.perf_counter()
+        log = logs / f"tokenize_{split}.log"
         p = _start(["tokenize", "split", "--config-json", js, "--split", split,
-                    "--out", f"results/tokens/{split}.parquet", "--workers", "0"], work, logs / f"tokenize_{split}.log")
-        _wait(f"tokenize {split}", p, t0, logs / f"tokenize_{split}.log", rows, 2)
+                    "--out", f"results/tokens/{split}.parquet", "--workers", "0"], work, log)
+        try:
+            _wait(f"tokenize {split}", p, t0, log, rows, 2)
+        except SystemExit:
+            # The tokenize stage loads the whole backbone, GPT checkpoint included, which the demo
+            # only trains after tokenizing: until that is fixed, time a stand-in that does the same work.
+            print(f"NOTE: `ranke tokenize` failed (see {log}); timing the stand-in tokenizer instead", file=sys.stderr)
+            t0 = time.perf_counter()
+            p = subprocess.Popen([sys.executable, __file__, "--tokenize-standin", json.dumps(cfg), split],
+                                 cwd=work, stderr=open(log, "a"))
+            _wait(f"tokenize {split}*", p, t0, log, rows, 2)
     one("gpt", ["demo-train", "gpt", "--config-json", js, "--tokens", "results/tokens/train.parquet",
                 "--t5", a["text_encoder"]["path"], "--out", a["gpt"]["checkpoint"], "--threads", "2"], 2)
     one("quality", ["demo-quality", "--config-json", js, "--tokens", "results/tokens/val.parquet",
@@ -82,7 +92,37 @@ def run(cfg: dict, work: Path, serial: bool) -> list:
     return rows
 
 
+def tokenize_standin(cfg: dict, split: str) -> None:
+    """What the tokenize stage writes (schema "tokens"): VQ codes of every image of a split."""
+    import math
+
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from ranke import io
+    from ranke.data import coco
+    from ranke.models.backbone import build_vq
+    from ranke.models.checkpoints import load_into
+
+    root, vq_path = cfg["assets"]["coco_root"], cfg["assets"]["vq"]["checkpoint"]
+    vq = load_into(build_vq(cfg["assets"]["vq"]["arch"]), vq_path).eval()
+    table = coco.captions_by_image(coco.read_split(root, split).captions)
+    images = coco.load_images(root, table["file"].tolist(), cfg["image_size"], "bicubic", "resize_crop")
+    with torch.inference_mode():
+        codes = torch.cat([vq.encode(coco.to_float(images[i: i + 256])).flatten(1)
+                           for i in range(0, len(images), 256)]).numpy().astype(np.int32)
+    g = math.isqrt(codes.shape[1])
+    table["codes"], table["split"] = list(codes), split
+    table["grid_h"], table["grid_w"] = np.int16(g), np.int16(g)
+    table["vq_sha256"] = io.sha256_file(vq_path)
+    io.write_parquet(table, f"results/tokens/{split}.parquet", "tokens")
+
+
 def main() -> int:
+    if len(sys.argv) == 4 and sys.argv[1] == "--tokenize-standin":
+        tokenize_standin(json.loads(sys.argv[2]), sys.argv[3])
+        return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(REPO / "config.yaml"))
     ap.add_argument("--keep", default=None, help="work in this directory and keep it (default: a temp dir)")
@@ -107,6 +147,8 @@ def main() -> int:
     for name, wall, cpu, threads in rows:
         print(f"{name:<16}{wall:>9.1f}{cpu:>9.1f}{threads:>9d}")
     print(f"{'total (wall)':<16}{total:>9.1f}{sum(r[2] for r in rows):>9.1f}")
+    if any(r[0].endswith("*") for r in rows):
+        print("* stand-in tokenizer (the pipeline's `ranke tokenize` failed on this checkout; see its log)")
     print("\nquality (demo val split):")
     print(q.to_string(index=False))
     return 0

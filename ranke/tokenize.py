@@ -58,7 +58,7 @@ def tokenize_split(cfg: dict, split: str, out_path: str | Path, num_workers: int
     skip_bad = bool(tok_cfg.get("skip_bad_images", False))
 
     table = coco.captions_by_image(coco.read_split(root, split).captions)
-    backbone = build_backbone(cfg, device, load_text=False)
+    backbone = build_backbone(cfg, device, load_text=False, load_policy=False)
     vq = backbone.vq.eval()
     # the file the codes depend on (Janus keeps its VQ inside the model's weights file)
     vq_path = getattr(backbone, "vq_file", None) or cfg["assets"]["vq"]["checkpoint"]

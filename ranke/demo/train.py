@@ -297,7 +297,11 @@ def train_clip(cfg: dict, coco_root: str | Path, out: str | Path, device="cpu") 
         offsets = np.cumsum([0] + [len(c) for c in per_image["captions"]])
         n_caps = torch.tensor(np.diff(offsets))
         offsets = torch.tensor(offsets[:-1])
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+        # No weight decay on gains, biases and the logit scale (decay would pull the temperature to 1).
+        decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "logit_scale" not in n]
+        no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "logit_scale" not in n)]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                                lr=lr)
         gen = torch.Generator().manual_seed(seed)
         bs = min(bs, len(images))
         log.info("CLIP %s: %s; %d images, %d captions; %d steps x %d, lr %g", name, json.dumps(model_cfg),

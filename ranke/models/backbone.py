@@ -103,12 +103,13 @@ class LlamaGenBackbone:
 
     @classmethod
     def from_config(cls, assets: dict, image_size: int, device="cpu", *, load_text: bool = True,
-                    amp_dtype="auto") -> "LlamaGenBackbone":
+                    load_policy: bool = True, amp_dtype="auto") -> "LlamaGenBackbone":
         from ranke.models.text import TextEncoder
 
         device = torch.device(device)
         vq_ckpt = _require("assets.vq.checkpoint", assets["vq"]["checkpoint"])
-        gpt_ckpt = _require("assets.gpt.checkpoint", assets["gpt"]["checkpoint"])
+        # tokenizing and decoding need no policy (and in the demo it is trained after tokenizing)
+        gpt_ckpt = _require("assets.gpt.checkpoint", assets["gpt"]["checkpoint"]) if load_policy else None
         te = assets["text_encoder"]
         if load_text:
             _require("assets.text_encoder.path", te["path"])
@@ -119,20 +120,25 @@ class LlamaGenBackbone:
         grid = image_size // vq.downsample
         load_into(vq, vq_ckpt)
         policy = build_gpt(assets["gpt"]["arch"], vq.codebook_size, grid * grid, te["max_length"])
-        load_into(policy, gpt_ckpt)
+        if load_policy:
+            load_into(policy, gpt_ckpt)
+        else:
+            policy = policy.to("meta")  # the architecture is still known, no memory is used
         text = None
         if load_text:
             # T5 runs in bf16 on GPU (as upstream LlamaGen and the RankE scripts), fp32 on CPU
             bf16 = amp_dtype == torch.bfloat16 or (amp_dtype == "auto" and device.type == "cuda")
             text = TextEncoder(te["path"], max_length=te["max_length"], padding=te.get("padding", "right"),
                                device=device, dtype=torch.bfloat16 if bf16 else torch.float32)
-            if text.dim != policy.config.caption_dim:
+            if load_policy and text.dim != policy.config.caption_dim:
                 raise ValueError(
                     f"text encoder width {text.dim} ({te['path']}) != gpt caption_dim {policy.config.caption_dim}"
                 )
         log.info("llamagen backbone: gpt %s (%.1fM params), vq %s, grid %dx%d, device %s",
                  policy.config.to_dict(), policy.num_params() / 1e6, vq.config.to_dict(), grid, grid, device)
-        return cls(text, policy.to(device).eval(), vq.to(device).eval(), image_size, device,
+        if load_policy:
+            policy = policy.to(device)
+        return cls(text, policy.eval(), vq.to(device).eval(), image_size, device,
                    amp_dtype=amp_dtype)
 
     # -- prompts and policy --------------------------------------------------------------------

@@ -12,7 +12,7 @@ import torch
 BACKBONES = ("llamagen", "janus")
 
 
-def build_backbone(cfg: dict, device, *, load_text: bool = True):
+def build_backbone(cfg: dict, device, *, load_text: bool = True, load_policy: bool = True):
     """cfg["backbone"] in {"llamagen", "janus"}; reads cfg["assets"] and cfg["image_size"]."""
     kind = cfg.get("backbone", "llamagen")
     for key in ("assets", "image_size"):
@@ -23,7 +23,8 @@ def build_backbone(cfg: dict, device, *, load_text: bool = True):
     if kind == "llamagen":
         from ranke.models.backbone import LlamaGenBackbone
 
-        return LlamaGenBackbone.from_config(cfg["assets"], int(cfg["image_size"]), device, load_text=load_text)
+        return LlamaGenBackbone.from_config(cfg["assets"], int(cfg["image_size"]), device, load_text=load_text,
+                                            load_policy=load_policy)
     if kind == "janus":
         from ranke.models.janus import JanusBackbone
 
