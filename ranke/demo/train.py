@@ -161,8 +161,8 @@ def train_vq(cfg: dict, coco_root: str | Path, out: str | Path, device="cpu") ->
     bs = _positive(tc, "batch_size", "demo.vq")
     lr = _positive(tc, "lr", "demo.vq", float)
     grid = check_vq_geometry(image_size, arch)
-    pw, beta = float(tc.get("perceptual_weight", 1.0)), float(tc.get("beta", 0.25))
-    restart_every = int(tc.get("restart_every", 50))
+    pw, beta = float(tc.get("perceptual_weight", 0.1)), float(tc.get("beta", 0.25))
+    restart_every = int(tc.get("restart_every", 25))
     seed = int(cfg.get("seed", 0))
 
     seed_everything(seed)
@@ -247,15 +247,15 @@ def demo_clip_model_config(tc: dict, image_size: int) -> dict:
     patch = int(tc.get("patch_size", 4))
     if image_size % patch:
         raise ValueError(f"image_size {image_size} is not a multiple of demo.clip.patch_size {patch}")
-    width, heads = int(tc["width"]), int(tc.get("heads", 2))
+    width, heads, mlp = int(tc["width"]), int(tc.get("heads", 2)), float(tc.get("mlp_ratio", 2.0))
     if width % heads:
         raise ValueError(f"demo.clip.width {width} is not divisible by demo.clip.heads {heads}")
     return {
         "embed_dim": int(tc["embed_dim"]),
         "vision_cfg": {"image_size": image_size, "layers": int(tc.get("layers", 2)), "width": width,
-                       "patch_size": patch, "head_width": width // heads, "mlp_ratio": 2.0},
+                       "patch_size": patch, "head_width": width // heads, "mlp_ratio": mlp},
         "text_cfg": {"context_length": int(tc.get("context_length", 32)), "vocab_size": 49408, "width": width,
-                     "heads": heads, "layers": int(tc.get("layers", 2)), "mlp_ratio": 2.0},
+                     "heads": heads, "layers": int(tc.get("layers", 2)), "mlp_ratio": mlp},
     }
 
 

@@ -283,8 +283,6 @@ class RoundRunner:
         for p in self.dec_params:
             p.requires_grad_(self.update_decoder)
         self.policy_params = list(self.policy.parameters())
-        if self.update_decoder and float(dc.get("lambda_lasc", 0.0)) > 0 and getattr(bb, "name", "") != "llamagen":
-            raise NotImplementedError("train.decoder.lambda_lasc > 0 (LASC) is implemented for the llamagen backbone only")
         if self.tcfg.get("gradient_checkpointing") and self.update_policy:
             enable_gradient_checkpointing(self.policy)
 
