@@ -29,14 +29,14 @@ if DEMO:
             CONDA_ENV
         log:
             "logs/demo/vq.log",
-        threads: 2
+        threads: 1  # VQ and CLIP train side by side, one core each
         resources:
             runtime=res("demo_train", "runtime"),
             mem_mb=res("demo_train", "mem_mb"),
             gpu=res("demo_train", "gpu"),
             cpus_per_gpu=res("demo_train", "cpus_per_gpu"),
         shell:
-            "python -m ranke demo-train vq --config-json {params.cfg:q} --coco {input.coco:q}"
+            "python -m ranke demo-train vq --config-json {params.cfg:q} --coco {input.coco:q} --threads {threads}"
             " --out {output:q} 2> {log:q}"
 
     rule demo_text:
@@ -54,7 +54,7 @@ if DEMO:
             runtime=res("default", "runtime"),
             mem_mb=res("default", "mem_mb"),
         shell:
-            "python -m ranke demo-train text --config-json {params.cfg:q} --coco {input.coco:q}"
+            "python -m ranke demo-train text --config-json {params.cfg:q} --coco {input.coco:q} --threads {threads}"
             " --out {output:q} 2> {log:q}"
 
     rule demo_clip:
@@ -70,14 +70,14 @@ if DEMO:
             CONDA_ENV
         log:
             "logs/demo/clip.log",
-        threads: 2
+        threads: 1  # VQ and CLIP train side by side, one core each
         resources:
             runtime=res("demo_train", "runtime"),
             mem_mb=res("demo_train", "mem_mb"),
             gpu=res("demo_train", "gpu"),
             cpus_per_gpu=res("demo_train", "cpus_per_gpu"),
         shell:
-            "python -m ranke demo-train clip --config-json {params.cfg:q} --coco {input.coco:q}"
+            "python -m ranke demo-train clip --config-json {params.cfg:q} --coco {input.coco:q} --threads {threads}"
             " --out {params.outdir:q} 2> {log:q}"
 
     rule demo_gpt:
@@ -99,7 +99,7 @@ if DEMO:
             gpu=res("demo_train", "gpu"),
             cpus_per_gpu=res("demo_train", "cpus_per_gpu"),
         shell:
-            "python -m ranke demo-train gpt --config-json {params.cfg:q} --tokens {input.tokens:q}"
+            "python -m ranke demo-train gpt --config-json {params.cfg:q} --tokens {input.tokens:q} --threads {threads}"
             " --t5 {input.text:q} --out {output:q} 2> {log:q}"
 
     rule demo_quality:
@@ -122,5 +122,5 @@ if DEMO:
             gpu=res("demo_train", "gpu"),
             cpus_per_gpu=res("demo_train", "cpus_per_gpu"),
         shell:
-            "python -m ranke demo-quality --config-json {params.cfg:q} --tokens {input.tokens:q}"
+            "python -m ranke demo-quality --config-json {params.cfg:q} --tokens {input.tokens:q} --threads {threads}"
             " --out {output:q} 2> {log:q}"
