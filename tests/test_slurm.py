@@ -251,13 +251,33 @@ def _snapshot(workdir: Path) -> dict[str, int]:
     }
 
 
+def _freeze_and_cancel(job_id: str) -> None:
+    """scancel a job so that it makes no progress after this call and leaves no process behind.
+
+    A plain scancel sends SIGTERM, which a submitit job ignores for KillWait seconds: long enough
+    for a tiny round to finish. So: suspend (SIGSTOP), note the job's PIDs, scancel (the job is
+    CANCELLED), then SIGKILL those PIDs (SLURM does not kill the processes of a suspended job).
+    """
+    import os
+    import signal
+
+    subprocess.run(["scontrol", "suspend", job_id], capture_output=True, timeout=30)
+    listed = subprocess.run(["scontrol", "listpids", job_id], capture_output=True, text=True, timeout=30).stdout
+    pids = [int(line.split()[0]) for line in listed.splitlines()[1:] if line.split() and line.split()[0].isdigit()]
+    subprocess.run(["scancel", job_id], check=True, timeout=30)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 class RoundCanceller:
     """Fault 1: scancel a round job right after its first work/ checkpoint appears.
 
     A tiny round finishes ~0.5 s after that checkpoint, so the watcher polls every 20 ms and
-    freezes the job (scontrol suspend: SIGSTOP) before cancelling it: a plain scancel sends
-    SIGTERM, which submitit jobs ignore until KillWait ends, long enough to finish the round. If a
-    round still wins the race (its outputs appear), the next round's checkpoint is used instead.
+    freezes the job before cancelling it (_freeze_and_cancel). If a round still wins the race
+    (its outputs appear), the next round's checkpoint is used instead.
     """
 
     def __init__(self, workdir: Path):
@@ -292,8 +312,7 @@ class RoundCanceller:
                     continue
                 tried.add((method, round_dir))
                 job_id = ids[-1][0]
-                subprocess.run(["scontrol", "suspend", job_id], capture_output=True, timeout=30)
-                subprocess.run(["scancel", job_id], check=True, timeout=30)
+                _freeze_and_cancel(job_id)
                 # the job is gone from the queue once cancelled; then check who won the race
                 for _ in range(300):
                     listed = subprocess.run(["squeue", "-h", "-j", job_id, "-t", "R,S,CG,PD"],

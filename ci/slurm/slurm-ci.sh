@@ -294,12 +294,14 @@ cmd_up() {
 # down
 
 cmd_down() {
-  local t0 name pid list
+  local t0 name pid list job
   list=$(daemons)
   [ -n "$list" ] || { log "nothing recorded in $STATE: nothing to stop"; return 0; }
   t0=$(date +%s%N)
   # cancel jobs while slurmctld still runs, so that no job step outlives the cluster
   if running slurmctld "$(awk '$1 == "slurmctld" {print $2}' <<<"$list")"; then
+    # a suspended job's processes stay stopped through scancel: resume them first
+    for job in $(squeue -h -t S -o %i 2>/dev/null); do scontrol resume "$job" 2>/dev/null; done
     scancel --partition="$PARTITION" 2>/dev/null
     wait_for 20 bash -c '[ -z "$(squeue -h -t R,CG,PD,S 2>/dev/null)" ]' ||
       log "warning: jobs still listed after scancel: $(squeue -h 2>/dev/null | tr '\n' ';')"
