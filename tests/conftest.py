@@ -51,3 +51,54 @@ def seeded_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             v = 0.1 * v
         out[k] = v
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# One local run of the tiny demo DAG per test session, shared by tests/test_pipeline.py (what
+# users rely on: restart, no-op rerun, single-stage rerun) and tests/test_slurm.py (the reference
+# a SLURM run must equal). It is interrupted once after the tokens exist and restarted, so the
+# run itself proves that an interrupted study continues where it stopped.
+
+TINY_CONFIG = REPO / "tests" / "configs" / "tiny.yaml"
+
+
+def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "snakemake"), "-s", str(REPO / "Snakefile"),
+            "--directory", str(workdir), *args]
+
+
+def snakemake_env() -> dict:
+    bin_dir = str(Path(sys.executable).parent)
+    return dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
+@pytest.fixture(scope="session")
+def tiny_local_study(tmp_path_factory):
+    import signal
+    import subprocess
+    import time
+
+    work = tmp_path_factory.mktemp("tiny_study")
+    cmd = snakemake_cmd(work, "--cores", "2", "--configfile", str(TINY_CONFIG))
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=snakemake_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    tokens = work / "results" / "tokens" / "train.parquet"
+    try:
+        while not tokens.exists() and proc.poll() is None and time.monotonic() - t0 < 900:
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=120)
+    interrupted = tokens.exists()
+    tokens_mtime = tokens.stat().st_mtime if interrupted else None
+    out = subprocess.run(cmd, cwd=REPO, env=snakemake_env(), capture_output=True, text=True, timeout=1500)
+    if out.returncode != 0:
+        pytest.fail(f"tiny demo study failed:\n{out.stdout[-4000:]}\n{out.stderr[-8000:]}")
+    return {
+        "dir": work,
+        "interrupted": interrupted,
+        "tokens_mtime_before_restart": tokens_mtime,
+        "seconds": time.monotonic() - t0,
+    }

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import slurm_harness
-from slurm_harness import REPO, VENV_BIN, BoundedRun, run_bounded, slurm_cluster, slurm_env  # noqa: F401  (fixture)
+from slurm_harness import REPO, VENV_BIN, run_bounded, slurm_cluster, slurm_env  # noqa: F401  (fixture)
 
 SNAKEMAKE = str(VENV_BIN / "snakemake")
 LEAK_MARKER = "SLURM_RANKE_TEST_MARKER"  # a SLURM_* variable only the outer job has (see TOY_SNAKEFILE)
@@ -389,32 +389,22 @@ def _compare_results(local: Path, cluster: Path) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.slurm
-def test_pipeline_on_slurm_matches_local_and_recovers(slurm_cluster, tmp_path):
+def test_pipeline_on_slurm_matches_local_and_recovers(slurm_cluster, tiny_local_study, tmp_path):
     from ranke.config import load_config
 
     if not (REPO / TINY).exists():
         pytest.fail(f"{TINY} is missing: the pipeline's tiny CI configuration is needed for this test")
     timings: dict[str, float] = {}
     t_start = time.monotonic()
-    local, cluster = tmp_path / "local", tmp_path / "cluster"
-    for d in (local, cluster):
-        d.mkdir()
-        _copy_workflow(d)
+    # the local reference: the session's local run of the same configuration (tests/conftest.py)
+    local, cluster = tiny_local_study["dir"], tmp_path / "cluster"
+    cluster.mkdir()
+    _copy_workflow(cluster)
     config = load_config(REPO / TINY)
     env = slurm_env({"XDG_CONFIG_HOME": str(tmp_path / "xdg")})
     subprocess.run([sys.executable, "-m", "ranke", "install-profile"], env=env, check=True, capture_output=True)
 
-    # the local reference run, alongside the cluster runs (stopped by `finally` if the test fails)
-    local_run = BoundedRun([SNAKEMAKE, "--cores", "2", "--configfile", TINY], timeout=900, cwd=local,
-                           env=slurm_env(), log=tmp_path / "local.log")
-    try:
-        _cluster_runs(slurm_cluster, cluster, config, env, tmp_path, timings)
-        t0 = time.monotonic()
-        local_proc = local_run.wait(timeout=900)
-        timings["local_run_waited_s"] = time.monotonic() - t0
-    finally:
-        local_run.stop()
-    assert local_proc.returncode == 0, f"local reference run failed:\n{local_proc.stdout[-5000:]}"
+    _cluster_runs(slurm_cluster, cluster, config, env, tmp_path, timings)
 
     # ---- identical in content to the local run
     problems = _compare_results(local, cluster)
