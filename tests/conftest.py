@@ -84,8 +84,15 @@ def tiny_local_study(tmp_path_factory):
     proc = subprocess.Popen(cmd, cwd=REPO, env=snakemake_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     tokens = work / "results" / "tokens" / "train.parquet"
+
+    def tokenize_finished() -> bool:
+        # Snakemake's own record, not the file: a job killed after writing its output but before
+        # Snakemake registered it is rightly treated as incomplete and its output removed.
+        logs = sorted((work / ".snakemake" / "log").glob("*.snakemake.log"))
+        return bool(logs) and logs[-1].read_text(errors="ignore").count("(Rule: tokenize)") >= 2
+
     try:
-        while not tokens.exists() and proc.poll() is None and time.monotonic() - t0 < 900:
+        while not tokenize_finished() and proc.poll() is None and time.monotonic() - t0 < 900:
             time.sleep(0.5)
     finally:
         if proc.poll() is None:
