@@ -85,14 +85,14 @@ def tiny_local_study(tmp_path_factory):
                             stderr=subprocess.DEVNULL, start_new_session=True)
     tokens = work / "results" / "tokens" / "train.parquet"
 
-    def tokenize_finished() -> bool:
+    def base_policy_trained() -> bool:
         # Snakemake's own record, not the file: a job killed after writing its output but before
         # Snakemake registered it is rightly treated as incomplete and its output removed.
         logs = sorted((work / ".snakemake" / "log").glob("*.snakemake.log"))
-        return bool(logs) and logs[-1].read_text(errors="ignore").count("(Rule: tokenize)") >= 2
+        return bool(logs) and "(Rule: demo_gpt)" in logs[-1].read_text(errors="ignore")
 
     try:
-        while not tokenize_finished() and proc.poll() is None and time.monotonic() - t0 < 900:
+        while not base_policy_trained() and proc.poll() is None and time.monotonic() - t0 < 900:
             time.sleep(0.5)
     finally:
         if proc.poll() is None:
