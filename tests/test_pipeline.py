@@ -111,7 +111,8 @@ def test_tiny_demo_study_end_to_end(tiny_local_study):
     # 4. a round hyper-parameter change reruns the rounds and their downstream only (dry run)
     lr = work.parent / "lr.yaml"
     lr.write_text(yaml.safe_dump({"train": {"policy": {"lr": 3.0e-4}}}))
-    plan = planned_rules(snakemake("-n", "--cores", "2", *cfg, "--configfile", str(lr), workdir=work))
+    # (one --configfile with both files: a second --configfile flag would replace the first)
+    plan = planned_rules(snakemake("-n", "--cores", "2", "--configfile", str(TINY), str(lr), workdir=work))
     assert plan.get("train_round") == 3, plan
     assert set(plan) <= {"train_round", "sample", "score", "report", "all"}, plan
 
