@@ -85,3 +85,21 @@ def test_missing_assets_name_the_config_key(assets, tmp_path):
         LlamaGenBackbone.from_config(bad, image_size=8)
     bb = LlamaGenBackbone.from_config(bad, image_size=8, load_text=False)
     assert bb.text is None
+
+
+def test_precision_reaches_the_sampler_and_text_encoder(assets):
+    """`precision` of the study config decides the sampler's weight dtype (not a fixed "auto")."""
+    from ranke.models.factory import build_backbone
+
+    cfg = {"backbone": "llamagen", "assets": assets, "image_size": 8}
+    fp32 = build_backbone({**cfg, "precision": "fp32"}, "cpu")
+    assert fp32.amp_dtype is None and next(fp32.text.model.parameters()).dtype == torch.float32
+    bf16 = build_backbone({**cfg, "precision": "bf16"}, "cpu")
+    assert bf16.amp_dtype == torch.bfloat16 and next(bf16.text.model.parameters()).dtype == torch.bfloat16
+    assert build_backbone({**cfg, "precision": "auto"}, "cpu").amp_dtype is None  # CPU: fp32
+    cond = fp32.encode_prompts(["a red circle"])
+    codes32 = fp32.sample(fp32.policy, cond, seeds=[3], cfg_scale=1.0)
+    codes16 = bf16.sample(bf16.policy, bf16.encode_prompts(["a red circle"]), seeds=[3], cfg_scale=1.0)
+    assert codes32.shape == codes16.shape == (1, 16)
+    with pytest.raises(ValueError, match="precision"):
+        build_backbone({**cfg, "precision": "fp16"}, "cpu")

@@ -106,15 +106,15 @@ TOY_SNAKEFILE = textwrap.dedent(
     localrules: all
 
     rule all:
-        input: "nested.json"
+        input: "first.txt", "nested.json"
 
+    # independent, so both are submitted at once (one status-check wait, not two)
     rule first:
         output: "first.txt"
         resources: runtime=5, mem_mb=500
         shell: "echo $SLURM_JOB_ID > {output}"
 
     rule nested:
-        input: "first.txt"
         output: "nested.json"
         resources: runtime=5, mem_mb=500
         # a SLURM_* variable that only this (outer) job has, whatever SLURM sets in the inner one
@@ -218,12 +218,28 @@ def _local_rules(workdir: Path) -> set[str]:
 
 
 def _jobs(output: str) -> list[dict]:
-    """Every job snakemake started: rule, local?, wildcards, snakemake job id, SLURM job id."""
-    jobs, current = {}, None
+    """Every job snakemake started: rule, local?, wildcards, job group, snakemake job id, SLURM job id.
+
+    A job group (workflow/rules/common.smk) is listed as "Group job NAME (jobs in lexicogr. order):"
+    with its jobs indented below, and submitted as one SLURM job named by a uuid: every job of the
+    group gets that SLURM job id. Snakemake lists all the groups of a scheduling round before it
+    submits them, in the same order, so submissions are matched to listings first in, first out
+    (and checked against the group and rule names in the SLURM log path).
+    """
+    jobs, current, listed = {}, None, []
     for line in output.splitlines():
-        m = re.match(r"^(localrule|rule) (\w+):$", line)
+        m = re.search(r"Group job (\w+) \(jobs in lexicogr\. order\):$", line)
         if m:
-            current = {"rule": m.group(2), "local": m.group(1) == "localrule", "wildcards": "", "slurm_id": None}
+            listed.append({"name": m.group(1), "members": []})
+            current = None
+            continue
+        m = re.match(r"^(\s*)(localrule|rule) (\w+):$", line)
+        if m:
+            group = listed[-1] if m.group(1) and listed else None
+            current = {"rule": m.group(3), "local": m.group(2) == "localrule", "wildcards": "",
+                       "group": group["name"] if group else None, "slurm_id": None}
+            if group:
+                group["members"].append(current)
             continue
         if current is not None:
             m = re.match(r"^\s+jobid: (\d+)$", line)
@@ -236,9 +252,18 @@ def _jobs(output: str) -> list[dict]:
                 continue
             if not line.startswith(" "):
                 current = None
-        m = re.match(r"^Job (\d+) has been submitted with SLURM jobid (\d+)", line)
+        m = re.match(r"^Job (\S+) has been submitted with SLURM jobid (\d+) \(log: (.*)\)", line)
         if m:
-            jobs[int(m.group(1))]["slurm_id"] = m.group(2)
+            if m.group(1).isdigit():
+                jobs[int(m.group(1))]["slurm_id"] = m.group(2)
+                continue
+            assert listed, f"a group job was submitted that was not listed: {line}"
+            group = listed.pop(0)
+            rules = sorted({j["rule"] for j in group["members"]})  # Snakemake's GroupJob.name
+            rules = rules[:5] + ["..."] if len(rules) > 5 else rules
+            assert f"/group_{group['name']}_{'_'.join(rules)}/" in m.group(3), (group, line)
+            for job in group["members"]:
+                job["slurm_id"] = m.group(2)
     return list(jobs.values())
 
 
@@ -484,9 +509,19 @@ def _cluster_runs(slurm_cluster, cluster: Path, config: dict, env: dict, tmp_pat
     for job in jobs:
         if job["slurm_id"]:
             row = rows[job["slurm_id"]]
-            assert f"rule_{job['rule']}" in row["Comment"], (job, row)
+            # the plugin's comment names the rule, or the group (then its rules, possibly cut short)
+            assert f"rule_{job['group'] or job['rule']}" in row["Comment"], (job, row)
             # the injected fault fails the first attempt of FAILING_RULE only
             assert row["State"] == "COMPLETED" or (job["rule"] == FAILING_RULE and row["State"] == "FAILED"), (job, row)
+    # job groups: the whole demo world was one SLURM job; each round's sample + score another
+    demo_world = {j["slurm_id"] for j in jobs if j["group"] == "demo_world"}
+    assert len(demo_world) == 1 and {j["rule"] for j in jobs if j["group"] == "demo_world"} >= {
+        "demo_data", "demo_vq", "demo_clip", "demo_text", "demo_gpt", "tokenize", "prompts"}, jobs
+    sample_jobs = [j for j in jobs if j["rule"] == "sample"]
+    assert sample_jobs and all(j["group"] == "evaluate" for j in sample_jobs), sample_jobs
+    for s in sample_jobs:
+        assert any(j["rule"] == "score" and j["slurm_id"] == s["slurm_id"] and j["wildcards"] == s["wildcards"]
+                   for j in jobs), (s, jobs)
     # rounds went through submitit to SLURM: every round's latest job completed, named by submitit
     methods = [mm["name"] for mm in config["methods"] if mm["mode"] != "none"]
     round_jobs = {}

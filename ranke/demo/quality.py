@@ -170,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config-json", required=True, help="the whole study config as JSON")
     p.add_argument("--out", required=True, help="e.g. results/demo/quality.parquet")
     p.add_argument("--tokens", default=None, help="tokens parquet of the val split (else the VQ encodes again)")
-    p.add_argument("--n-retrieval", type=int, default=100, help="val images in the CLIP retrieval test")
-    p.add_argument("--n-prompts", type=int, default=100, help="val prompts sampled by the base policy")
+    p.add_argument("--n-retrieval", type=int, default=None,
+                   help="val images in the CLIP retrieval test (default: demo.quality.n_retrieval, 100)")
+    p.add_argument("--n-prompts", type=int, default=None,
+                   help="val prompts sampled by the base policy (default: demo.quality.n_prompts, 100)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a quality bar is missed")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave the default)")
     p.add_argument("--log", default=None)
@@ -182,7 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(cfg.get("device", "auto"))
     log_environment({"stage": "demo-quality", "device": str(device)})
-    df = measure(cfg, device, args.tokens, n_retrieval=args.n_retrieval, n_prompts=args.n_prompts)
+    qc = cfg.get("demo", {}).get("quality", {})
+    n_retrieval = args.n_retrieval if args.n_retrieval is not None else int(qc.get("n_retrieval", 100))
+    n_prompts = args.n_prompts if args.n_prompts is not None else int(qc.get("n_prompts", 100))
+    df = measure(cfg, device, args.tokens, n_retrieval=n_retrieval, n_prompts=n_prompts)
     io.write_parquet(df, args.out, "demo_quality")
     missed = bars_missed(df)
     for m in missed:

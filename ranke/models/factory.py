@@ -22,9 +22,13 @@ def build_backbone(cfg: dict, device, *, load_text: bool = True, load_policy: bo
     # Imported lazily: a LlamaGen study never imports the Janus code (and vice versa).
     if kind == "llamagen":
         from ranke.models.backbone import LlamaGenBackbone
+        from ranke.runtime import autocast_dtype
 
+        # the sampler's weight dtype and the T5 dtype follow the study's `precision` (fp32 | bf16 |
+        # auto = bf16 on GPU), like the autocast of every stage
+        amp = autocast_dtype(cfg.get("precision", "auto"), device)
         return LlamaGenBackbone.from_config(cfg["assets"], int(cfg["image_size"]), device, load_text=load_text,
-                                            load_policy=load_policy)
+                                            load_policy=load_policy, amp_dtype=amp)
     if kind == "janus":
         from ranke.models.janus import JanusBackbone
 

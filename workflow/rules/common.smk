@@ -27,6 +27,13 @@ N_ROUNDS = config["rounds"]["n"]
 DEMO = config["demo"]["enabled"]
 ASSETS = config["assets"]
 
+# Job groups: on a cluster each group runs as one job, which saves a queue wait and a Python +
+# torch start per stage; a local run ignores them. The demo world (CPU minutes in all) is one job
+# up to the trained base policy; on a real study the same rules are separate GPU jobs.
+DEMO_GROUP = "demo_world" if DEMO else None
+# A round's sampling and its scoring use the same GPU one after the other: one job per round.
+EVALUATE_GROUP = "evaluate"
+
 
 # ---------------------------------------------------------------------------------------------
 # Config handed to stages: only the sections a stage reads, so that Snakemake's params trigger

@@ -8,6 +8,8 @@ if DEMO:
             directory(ASSETS["coco_root"]),
         params:
             cfg=stage_config("demo"),
+        group:
+            DEMO_GROUP
         conda:
             CONDA_ENV
         log:
@@ -25,6 +27,8 @@ if DEMO:
             ASSETS["vq"]["checkpoint"],
         params:
             cfg=stage_config("demo"),
+        group:
+            DEMO_GROUP
         conda:
             CONDA_ENV
         log:
@@ -46,6 +50,8 @@ if DEMO:
             directory(ASSETS["text_encoder"]["path"]),
         params:
             cfg=stage_config("demo"),
+        group:
+            DEMO_GROUP
         conda:
             CONDA_ENV
         log:
@@ -66,6 +72,8 @@ if DEMO:
         params:
             cfg=stage_config("demo"),
             outdir=parent_dir_of_weights,
+        group:
+            DEMO_GROUP
         conda:
             CONDA_ENV
         log:
@@ -88,6 +96,8 @@ if DEMO:
             ASSETS["gpt"]["checkpoint"],
         params:
             cfg=stage_config("demo"),
+        group:
+            DEMO_GROUP
         conda:
             CONDA_ENV
         log:

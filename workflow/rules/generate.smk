@@ -35,6 +35,8 @@ rule sample:
         "results/{method}/round_{round}/samples.parquet",
     params:
         cfg=stage_config("sampling"),
+    group:
+        EVALUATE_GROUP
     conda:
         CONDA_ENV
     log:

@@ -8,6 +8,8 @@ rule prompts:
         "results/prompts.parquet",
     params:
         cfg=stage_config("prompts"),
+    group:
+        DEMO_GROUP
     conda:
         CONDA_ENV
     log:

@@ -39,6 +39,8 @@ rule score:
     params:
         cfg=stage_config("score", "sampling", "rounds", "prompts"),
         checkpoint=score_checkpoint,
+    group:
+        EVALUATE_GROUP
     conda:
         CONDA_ENV
     log:

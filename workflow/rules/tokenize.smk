@@ -9,6 +9,8 @@ rule tokenize:
         "results/tokens/{split}.parquet",
     params:
         cfg=stage_config("tokenize"),
+    group:
+        DEMO_GROUP
     conda:
         CONDA_ENV
     log:
@@ -31,6 +33,8 @@ rule code_histogram:
         "results/tokens/code_hist.parquet",
     params:
         codebook_size=ASSETS["vq"]["arch"].get("codebook_size", 16384),
+    group:
+        DEMO_GROUP
     conda:
         CONDA_ENV
     log:
