@@ -18,10 +18,8 @@ file without reading any image.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
-import re
 import time
 from pathlib import Path
 
@@ -29,6 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ranke.config import reference_cache_key, reference_key_from_config, reference_settings  # noqa: F401
 from ranke.io import save_torch, sha256_file
 from ranke.runtime import log_environment, parse_config_json, resolve_device, setup_logging
 
@@ -40,46 +39,6 @@ MATCH_FIELDS = ("dataset_root", "split", "subset_n", "subset_seed", "resolution"
 
 class ReferenceMismatchError(ValueError):
     """A reference-statistics file was computed for other settings than the ones asked for."""
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.-]+", "-", text).strip("-") or "x"
-
-
-def reference_cache_key(coco_root: str | os.PathLike, split: str, n: int, seed: int, image_size: int,
-                        extractor: str) -> str:
-    """File stem encoding dataset, subset, resolution and extractor, e.g.
-    `coco-3f2a9c1d_val_all_256px_inception-v3-compat` or `coco-3f2a9c1d_val_n30000-seed0_256px_...`.
-
-    The dataset part is the root's folder name plus a short hash of the normalised root path, so two
-    datasets that share a folder name do not share a cache entry.
-    """
-    root = os.path.normpath(str(coco_root))
-    tag = f"{_slug(Path(root).name)}-{hashlib.sha1(root.encode()).hexdigest()[:8]}"
-    subset = "all" if not n else f"n{int(n)}-seed{int(seed)}"
-    return f"{tag}_{_slug(split)}_{subset}_{int(image_size)}px_{_slug(extractor)}"
-
-
-def reference_settings(cfg: dict) -> dict:
-    """What the reference depends on, from the (partial) config: assets.coco_root, assets.fid,
-    image_size and the optional score.fid_reference {split, n, seed}."""
-    ref = (cfg.get("score") or {}).get("fid_reference") or {}
-    n = int(ref.get("n") or 0)
-    return {
-        "dataset_root": os.path.normpath(str(cfg["assets"]["coco_root"])),
-        "split": ref.get("split", "val"),
-        "subset_n": n,
-        "subset_seed": int(ref.get("seed", 0)) if n else None,
-        "resolution": int(cfg["image_size"]),
-        "extractor": cfg["assets"]["fid"]["extractor"],
-        "weights": cfg["assets"]["fid"].get("weights"),
-    }
-
-
-def reference_key_from_config(cfg: dict) -> str:
-    s = reference_settings(cfg)
-    return reference_cache_key(s["dataset_root"], s["split"], s["subset_n"], s["subset_seed"] or 0,
-                               s["resolution"], s["extractor"])
 
 
 def expected_metadata(cfg: dict) -> dict:

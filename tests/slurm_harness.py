@@ -46,11 +46,11 @@ def _skip_or_fail(reason: str):
 
 def _harness(command: str, timeout: float) -> subprocess.CompletedProcess:
     env = dict(os.environ)
-    # Advertise at least 8 CPUs (oversubscribing a 2-core runner): every stage asks for 2 CPUs,
+    # Advertise at least 16 CPUs (oversubscribing a 2-core runner): every stage asks for 2 CPUs,
     # the demo-world job group for 4, and after it baseline, quality, the FID reference and three
-    # round jobs are ready at once; they spend much of their time waiting on status checks, not
-    # computing, so running them side by side shortens the run.
-    env.setdefault("RANKE_SLURM_CPUS", str(max(8, os.cpu_count() or 1)))
+    # round jobs (12 CPUs) are ready at once, with a cancelled job still holding its CPUs while it
+    # completes. Queued jobs start late and miss a status check; side by side they share the cores.
+    env.setdefault("RANKE_SLURM_CPUS", str(max(16, os.cpu_count() or 1)))
     return subprocess.run(
         ["bash", str(HARNESS), command],
         env=env,

@@ -95,6 +95,9 @@ def test_slurm_parameters_and_clean_env(monkeypatch, tmp_path):
     class FakeJob:
         job_id = "4242"
 
+        def done(self, force_check=False):
+            return True
+
         def result(self):
             return "ok"
 
@@ -114,3 +117,24 @@ def test_slurm_parameters_and_clean_env(monkeypatch, tmp_path):
     assert os.environ["SLURM_JOB_ID"] == "1"  # restored afterwards
     with pytest.raises(ValueError, match="cluster.executor"):
         make_executor({"executor": "k8s"}, name="x")
+
+
+def test_wait_asks_the_scheduler_when_no_result_file_comes(monkeypatch):
+    """A cancelled round job writes no result: the driver notices through the scheduler state."""
+    from ranke.train import launch
+
+    class CancelledJob:
+        def __init__(self):
+            self.calls = []
+
+        def done(self, force_check=False):
+            self.calls.append(force_check)
+            return force_check  # only the scheduler knows it ended
+
+    monkeypatch.setattr(launch.time, "sleep", lambda s: None)
+    clock = iter(range(0, 10_000, 1))
+    monkeypatch.setattr(launch.time, "monotonic", lambda: float(next(clock)))
+    job = CancelledJob()
+    launch._wait(job, state_every_s=5)
+    assert job.calls[-1] is True and job.calls.count(True) == 1
+    assert 3 <= job.calls.count(False) <= 6  # result-file checks in between

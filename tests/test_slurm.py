@@ -87,16 +87,13 @@ NESTED_SCRIPT = textwrap.dedent(
         ex.update_parameters(timeout_min=5, cpus_per_task=1, mem_gb=1)
         if clean:
             with submitit.helpers.clean_env():
-                job = ex.submit(job_env)
-        else:
-            job = ex.submit(job_env)
-        return {"job_id": job.job_id, "env": job.result()}
+                return ex.submit(job_env)
+        return ex.submit(job_env)
 
-    out = {
-        "outer": job_env(),
-        "clean": submit("submitit/clean/%j", True),
-        "raw": submit("submitit/raw/%j", False),
-    }
+    # both submitted before waiting on either: they run side by side
+    jobs = {"clean": submit("submitit/clean/%j", True), "raw": submit("submitit/raw/%j", False)}
+    out = {"outer": job_env()}
+    out.update({k: {"job_id": job.job_id, "env": job.result()} for k, job in jobs.items()})
     json.dump(out, open(sys.argv[1], "w"), indent=1)
     """
 )
@@ -106,7 +103,7 @@ TOY_SNAKEFILE = textwrap.dedent(
     localrules: all
 
     rule all:
-        input: "first.txt", "nested.json"
+        input: "first.txt", "nested.json", "flaky.txt"
 
     # independent, so both are submitted at once (one status-check wait, not two)
     rule first:
@@ -119,13 +116,28 @@ TOY_SNAKEFILE = textwrap.dedent(
         resources: runtime=5, mem_mb=500
         # a SLURM_* variable that only this (outer) job has, whatever SLURM sets in the inner one
         shell: "SLURM_RANKE_TEST_MARKER=from-the-outer-job python nested.py {output}"
+
+    # a job group whose second job fails until `fixed` exists (and then, like every ranke stage,
+    # leaves no output): the first job's output must survive the failed group job
+    rule kept:
+        output: "kept.txt"
+        group: "pair"
+        resources: runtime=5, mem_mb=200
+        shell: "echo $SLURM_JOB_ID > {output}"
+
+    rule flaky:
+        input: "kept.txt"
+        output: "flaky.txt"
+        group: "pair"
+        resources: runtime=5, mem_mb=200
+        shell: "test -e fixed && echo $SLURM_JOB_ID > {output}"
     """
 )
 
 
 @pytest.mark.slurm
 def test_snakemake_profile_slurm_runs_rules_as_jobs(slurm_cluster, tmp_path):
-    """`snakemake --profile slurm` with the installed profile: each rule is a SLURM job."""
+    """`snakemake --profile slurm` with the installed profile: each rule (or job group) is a SLURM job."""
     work = tmp_path / "wf"
     work.mkdir()
     (work / "Snakefile").write_text(TOY_SNAKEFILE)
@@ -135,23 +147,39 @@ def test_snakemake_profile_slurm_runs_rules_as_jobs(slurm_cluster, tmp_path):
 
     proc = run_bounded([SNAKEMAKE, "--profile", "slurm"], timeout=240, cwd=work, env=env)
     out = proc.stdout
-    assert proc.returncode == 0, out[-6000:] + "\n" + slurm_cluster.logs()
+    # the job group failed (flaky), and was named; everything else ran
+    assert proc.returncode not in (0, 124, 137), out[-6000:] + "\n" + slurm_cluster.logs()
+    assert re.search(r"Error in rule flaky:", out), out[-4000:]
+    assert (work / "kept.txt").exists() and not (work / "flaky.txt").exists(), out[-4000:]
+    kept_mtime = (work / "kept.txt").stat().st_mtime_ns
 
     # the executor's log names the SLURM job id of each rule ...
     submitted = dict(re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: .*?rule_(\w+)/", out))
     by_rule = {rule: job_id for job_id, rule in submitted.items()}
     assert set(by_rule) == {"first", "nested"}, out[-4000:]
+    pair = re.findall(r"Job \S+ has been submitted with SLURM jobid (\d+) \(log: .*?/group_pair_flaky_kept/", out)
+    assert len(pair) == 1, out[-4000:]
+    assert (work / "kept.txt").read_text().strip() == pair[0], "kept ran inside the group's SLURM job"
+
+    # fixed and rerun: only the failed job runs again, the group's finished job is kept
+    (work / "fixed").touch()
+    rerun = run_bounded([SNAKEMAKE, "--profile", "slurm"], timeout=240, cwd=work, env=env)
+    assert rerun.returncode == 0, rerun.stdout[-6000:] + "\n" + slurm_cluster.logs()
+    assert (work / "kept.txt").stat().st_mtime_ns == kept_mtime
+    assert re.findall(r"^\s*rule (\w+):$", rerun.stdout, re.M) == ["flaky"], rerun.stdout[-4000:]
+    assert (work / "flaky.txt").exists()
     # ... the rule really ran inside that job ...
     assert (work / "first.txt").read_text().strip() == by_rule["first"]
     result = json.loads((work / "nested.json").read_text())
     assert result["outer"]["SLURM_JOB_ID"] == by_rule["nested"]
     # ... and accounting has every job, completed, with the rule in the plugin's job comment
     inner = [result["clean"]["job_id"], result["raw"]["job_id"]]
-    rows = slurm_cluster.wait_final(list(by_rule.values()) + inner)
+    rows = slurm_cluster.wait_final(list(by_rule.values()) + inner + pair)
     for rule, job_id in by_rule.items():
         assert rows[job_id]["State"] == "COMPLETED", rows
         assert f"rule_{rule}" in rows[job_id]["Comment"], rows
     assert all(rows[j]["State"] == "COMPLETED" for j in inner), rows
+    assert rows[pair[0]]["State"] == "FAILED" and "rule_pair" in rows[pair[0]]["Comment"], rows
 
     # submitit from inside a rule's job: clean_env keeps the outer job's SLURM_* out of the inner job
     assert result["outer"][LEAK_MARKER] == "from-the-outer-job"

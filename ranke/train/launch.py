@@ -130,6 +130,8 @@ def submit_round(cfg: dict, *, method: str, round_idx: int, init_dir: str | None
         return job
     t0 = time.time()
     try:
+        if kind != "debug":  # a debug job runs inside result()
+            _wait(job)
         job.result()
     except Exception:
         log.error("round job %s failed after %.0fs", job.job_id, time.time() - t0)
@@ -138,6 +140,21 @@ def submit_round(cfg: dict, *, method: str, round_idx: int, init_dir: str | None
     log.info("round job %s finished in %.0fs (job log: %s)", job.job_id, time.time() - t0,
              getattr(getattr(job, "paths", None), "stderr", "-"))
     return job
+
+
+def _wait(job, state_every_s: float = 10.0) -> None:
+    """Until the job ends: its result file every second, its scheduler state every `state_every_s`.
+
+    submitit's own wait asks sacct about a running job only every min(60 s, half its age), so a
+    round job that was cancelled or died without a result would be noticed up to a minute late.
+    """
+    last = time.monotonic()
+    while not job.done():
+        time.sleep(1)
+        if time.monotonic() - last >= state_every_s:
+            if job.done(force_check=True):
+                return
+            last = time.monotonic()
 
 
 def _log_tail(job, n: int = 60) -> None:

@@ -137,7 +137,7 @@ def score_checkpoint_inputs(wildcards):
 
 
 def fid_reference_path():
-    from ranke.fid_reference import reference_key_from_config
+    from ranke.config import reference_key_from_config
 
     return f"resources/fid/{reference_key_from_config(config)}.pt"
 
