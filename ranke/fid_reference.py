@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ranke.config import reference_cache_key, reference_key_from_config, reference_settings  # noqa: F401
+from ranke.config import reference_key_from_config, reference_settings
 from ranke.io import save_torch, sha256_file
 from ranke.runtime import log_environment, parse_config_json, resolve_device, setup_logging
 

@@ -14,6 +14,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from ranke import fid_reference as fr
+from ranke.config import reference_cache_key
 from ranke.metrics import fid
 
 torch.set_num_threads(1)
@@ -159,18 +160,18 @@ def _ref_cfg(root, image_size=16, n=0):
 
 
 def test_cache_key_encodes_dataset_subset_resolution_extractor():
-    base = fr.reference_cache_key("data/coco", "val", 0, 0, 256, "inception-v3-compat")
+    base = reference_cache_key("data/coco", "val", 0, 0, 256, "inception-v3-compat")
     assert base.endswith("_val_all_256px_inception-v3-compat") and base.startswith("coco-")
     variants = [
-        fr.reference_cache_key("other/coco", "val", 0, 0, 256, "inception-v3-compat"),
-        fr.reference_cache_key("data/coco", "train", 0, 0, 256, "inception-v3-compat"),
-        fr.reference_cache_key("data/coco", "val", 30000, 0, 256, "inception-v3-compat"),
-        fr.reference_cache_key("data/coco", "val", 30000, 1, 256, "inception-v3-compat"),
-        fr.reference_cache_key("data/coco", "val", 0, 0, 384, "inception-v3-compat"),
-        fr.reference_cache_key("data/coco", "val", 0, 0, 256, "clip-image"),
+        reference_cache_key("other/coco", "val", 0, 0, 256, "inception-v3-compat"),
+        reference_cache_key("data/coco", "train", 0, 0, 256, "inception-v3-compat"),
+        reference_cache_key("data/coco", "val", 30000, 0, 256, "inception-v3-compat"),
+        reference_cache_key("data/coco", "val", 30000, 1, 256, "inception-v3-compat"),
+        reference_cache_key("data/coco", "val", 0, 0, 384, "inception-v3-compat"),
+        reference_cache_key("data/coco", "val", 0, 0, 256, "clip-image"),
     ]
     assert len({base, *variants}) == 7
-    assert fr.reference_cache_key("data/coco/", "val", 0, 5, 256, "inception-v3-compat") == base  # seed unused for "all"
+    assert reference_cache_key("data/coco/", "val", 0, 5, 256, "inception-v3-compat") == base  # seed unused for "all"
 
 
 def test_reference_cached_reused_invalidated_and_mismatch_refused(tmp_path, monkeypatch):
