@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from ranke.config import reference_key_from_config, reference_settings
 from ranke.io import save_torch, sha256_file
-from ranke.runtime import log_environment, parse_config_json, resolve_device, setup_logging
+from ranke.runtime import log_environment, parse_config_json, resolve_device, set_threads, setup_logging
 
 log = logging.getLogger("ranke.fid_reference")
 
@@ -158,8 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output .pt (name = reference_cache_key(...) + '.pt')")
     p.add_argument("--force", action="store_true", help="recompute even if a matching file exists")
     p.add_argument("--log", default=None, help="also log to this file")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default: all cores)")
     args = p.parse_args(argv)
     setup_logging(args.log)
+    set_threads(args.threads)
     cfg = parse_config_json(args.config_json)
     log_environment({"stage": "fid-reference", "key": reference_key_from_config(cfg)})
     ensure_reference(cfg, args.out, force=args.force)

@@ -24,6 +24,7 @@ from ranke.runtime import (
     log_environment,
     parse_config_json,
     resolve_device,
+    set_threads,
     setup_logging,
 )
 
@@ -100,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", required=True, help="round checkpoint dir, or 'base'")
     ap.add_argument("--prompts", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default: all cores)")
     args = ap.parse_args(argv)
     setup_logging()
+    set_threads(args.threads)
     log_environment()
     cfg = parse_config_json(args.config_json)
     generate_samples(cfg, args.method, args.round, args.checkpoint, args.prompts, args.out)

@@ -1,4 +1,9 @@
-"""Device, precision, seeding and logging: the few run-time decisions every stage shares."""
+"""Device, precision, seeding and logging: the few run-time decisions every stage shares.
+
+torch and numpy are imported inside the functions that need them: the round driver
+(`python -m ranke round`, ranke.train.launch) only logs and waits for its submitit job, and
+importing torch costs it ~2.5 s of CPU per round on a small machine.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,17 @@ import os
 import random
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("ranke")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
@@ -27,6 +35,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `precision` ("auto": bf16 on GPU, none = fp32 on CPU)."""
+    import torch
+
     if precision == "fp32":
         return None
     if precision == "bf16":
@@ -37,15 +47,29 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
+    import torch
+
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def set_threads(n: int) -> None:
+    """torch intra-op threads = what the rule declared (`threads:`), so that jobs Snakemake runs
+    side by side do not each spin one thread per core; 0 leaves torch's default (all cores)."""
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
 
 
 def setup_logging(log_file: str | os.PathLike | None = None, level: int = logging.INFO) -> None:
@@ -64,6 +88,8 @@ def setup_logging(log_file: str | os.PathLike | None = None, level: int = loggin
 
 def log_environment(extra: dict | None = None) -> None:
     """One block a failed SLURM job's log needs: host, job id, devices, versions."""
+    import torch
+
     info = {
         "host": os.uname().nodename,
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),

@@ -29,7 +29,15 @@ import torch
 from tqdm import tqdm
 
 from ranke import io
-from ranke.runtime import autocast, autocast_dtype, log_environment, parse_config_json, resolve_device, setup_logging
+from ranke.runtime import (
+    autocast,
+    autocast_dtype,
+    log_environment,
+    parse_config_json,
+    resolve_device,
+    set_threads,
+    setup_logging,
+)
 
 log = logging.getLogger("ranke.score")
 
@@ -295,8 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--png-dir", default=None, help="also write PNGs + grid.png here (default: config score.write_png)")
     p.add_argument("--grid", default=None, help="write the fixed-prompt sample grid (PNG) here")
     p.add_argument("--log", default=None)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default: all cores)")
     args = p.parse_args(argv)
     setup_logging(args.log)
+    set_threads(args.threads)
     cfg = parse_config_json(args.config_json)
     log_environment({"stage": "score", "method": args.method, "round": args.round})
     score(cfg, args.method, args.round, args.samples, args.checkpoint, args.prompts, args.code_hist,

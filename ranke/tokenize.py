@@ -6,6 +6,8 @@ and its code map, so later stages (demo GPT training, rounds) never touch the VQ
 
 A missing or corrupt image fails the stage naming its path, unless `tokenize.skip_bad_images`
 is set: then it is left out and counted in the log (never silently dropped).
+
+`histogram` only counts codes: torch is imported by the `split` path alone.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm import tqdm
 
 from ranke import io
@@ -30,8 +31,8 @@ log = logging.getLogger("ranke.tokenize")
 RESAMPLE, MODE = "bicubic", "resize_crop"
 
 
-class _SafeImages(torch.utils.data.Dataset):
-    """Like coco.CocoImages, but returns the error instead of raising, so the caller decides."""
+class _SafeImages:
+    """Like coco.CocoImages (a map-style dataset), but returns the error instead of raising, so the caller decides."""
 
     def __init__(self, root: Path, files: list[str], size: int):
         self.root, self.files, self.size = root, files, size
@@ -43,11 +44,18 @@ class _SafeImages(torch.utils.data.Dataset):
         try:
             return i, coco.load_image(self.root / self.files[i], self.size, RESAMPLE, MODE), ""
         except coco.ImageReadError as e:
+            import torch
+
             return i, torch.zeros(3, self.size, self.size, dtype=torch.uint8), str(e)
 
 
-def tokenize_split(cfg: dict, split: str, out_path: str | Path, num_workers: int = 2) -> pd.DataFrame:
-    """Tokenize one split of `cfg["assets"]["coco_root"]`; write and return the tokens table."""
+def tokenize_split(cfg: dict, split: str, out_path: str | Path, num_workers: int | None = None) -> pd.DataFrame:
+    """Tokenize one split of `cfg["assets"]["coco_root"]`; write and return the tokens table.
+
+    num_workers: image-decoding processes; None = config `tokenize.workers` (default 2).
+    """
+    import torch
+
     from ranke.models.factory import build_backbone
 
     root = Path(cfg["assets"]["coco_root"])
@@ -56,6 +64,8 @@ def tokenize_split(cfg: dict, split: str, out_path: str | Path, num_workers: int
     device = resolve_device(cfg.get("device", "auto"))
     batch_size = int(tok_cfg.get("batch_size", 64))
     skip_bad = bool(tok_cfg.get("skip_bad_images", False))
+    if num_workers is None:
+        num_workers = int(tok_cfg.get("workers", 2))
 
     table = coco.captions_by_image(coco.read_split(root, split).captions)
     backbone = build_backbone(cfg, device, load_text=False, load_policy=False)
@@ -64,8 +74,8 @@ def tokenize_split(cfg: dict, split: str, out_path: str | Path, num_workers: int
     vq_path = getattr(backbone, "vq_file", None) or cfg["assets"]["vq"]["checkpoint"]
     vq_sha = io.sha256_file(vq_path)
     log.info(
-        "tokenizing %s: %d images from %s at %d px, VQ %s (sha256 %s), device %s",
-        split, len(table), root, size, vq_path, vq_sha[:12], device,
+        "tokenizing %s: %d images from %s at %d px, VQ %s (sha256 %s), device %s, %d loader workers",
+        split, len(table), root, size, vq_path, vq_sha[:12], device, num_workers,
     )
 
     loader = torch.utils.data.DataLoader(
@@ -147,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--config-json", required=True)
     s.add_argument("--split", required=True, choices=coco.SPLITS)
     s.add_argument("--out", required=True)
-    s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--workers", type=int, default=None, help="image-decoding processes (default: config tokenize.workers)")
     h = sub.add_parser("histogram", help="reference code histogram of a tokens file")
     h.add_argument("--tokens", required=True)
     h.add_argument("--codebook-size", type=int, required=True)

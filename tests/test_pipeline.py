@@ -77,6 +77,63 @@ def test_bad_config_value_fails_before_any_job(tmp_path):
     assert "lr" in out.stdout + out.stderr
 
 
+def _dry_run_groups(text: str) -> list[tuple[str, list[tuple[str, str]]]]:
+    """[(group name, [(rule, wildcards), ...])] from the "Group job NAME" listings of a dry run."""
+    groups, current, member = [], None, None
+    for line in text.splitlines():
+        m = re.search(r"Group job (\w+) \(jobs in lexicogr\. order\):$", line)
+        if m:
+            current = (m.group(1), [])
+            groups.append(current)
+            continue
+        m = re.match(r"^    rule (\w+):$", line)
+        if current and m:
+            member = [m.group(1), ""]
+            current[1].append(member)
+            continue
+        m = re.match(r"^        wildcards: (.*)$", line)
+        if current and member and m:
+            member[1] = m.group(1)
+            continue
+        if re.match(r"^(\[|rule |localrule )", line):  # the next top-level job (blank and shell lines belong to the group)
+            current = member = None
+    return [(name, [tuple(x) for x in members]) for name, members in groups]
+
+
+def test_demo_job_groups_and_stage_threads(tmp_path):
+    """The shipped demo's SLURM job groups (workflow/rules/common.smk) and `threads` from the config."""
+    out = snakemake("-n", "--printshellcmds", "--cores", "8", workdir=tmp_path, timeout=300)  # > threads: no cap
+    text = out.stdout + out.stderr
+    groups = _dry_run_groups(text)
+    by_name: dict[str, list] = {}
+    for name, members in groups:
+        by_name.setdefault(name, []).append(members)
+    assert set(by_name) == {"demo_world", "evaluate", "final_evaluation"}, by_name.keys()
+    (world,) = by_name["demo_world"]
+    assert {rule for rule, _ in world} == {"demo_data", "demo_vq", "demo_clip", "demo_text", "demo_gpt",
+                                           "tokenize", "code_histogram", "prompts"}
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    last = cfg["rounds"]["n"]
+    # rounds before the last: one job per round, its sample (policy-changing methods) + score
+    for members in by_name["evaluate"]:
+        assert len({wc for _, wc in members}) == 1 and not wc_round(members[0][1]) == last, members
+        assert sorted(rule for rule, _ in members) in (["sample", "score"], ["score"]), members
+    assert len(by_name["evaluate"]) == 3 * (last - 1)  # policy, decoder, ranke
+    # the last rounds (and the base model's round 0) with the report: one job
+    (final,) = by_name["final_evaluation"]
+    scored = sorted(wc for rule, wc in final if rule == "score")
+    assert scored == sorted(["method=base, round=0"] + [f"method={m}, round={last}" for m in ("decoder", "policy", "ranke")])
+    assert [rule for rule, _ in final].count("report") == 1
+    # sample and score run with the threads the config gives them
+    threads = {rule: cfg["resources"][rule]["threads"] for rule in ("sample", "score")}
+    assert re.search(rf"ranke sample .* --threads {threads['sample']} ", text)
+    assert re.search(rf"ranke score .* --threads {threads['score']} ", text)
+
+
+def wc_round(wildcards: str) -> int:
+    return int(re.search(r"round=(\d+)", wildcards).group(1))
+
+
 @pytest.mark.slow
 def test_tiny_demo_study_end_to_end(tiny_local_study):
     work = tiny_local_study["dir"]

@@ -145,7 +145,9 @@ def test_snakemake_profile_slurm_runs_rules_as_jobs(slurm_cluster, tmp_path):
     env = slurm_env({"XDG_CONFIG_HOME": str(tmp_path / "xdg")})
     subprocess.run([sys.executable, "-m", "ranke", "install-profile"], env=env, check=True, capture_output=True)
 
-    proc = run_bounded([SNAKEMAKE, "--profile", "slurm"], timeout=240, cwd=work, env=env)
+    t0 = time.monotonic()
+    proc = run_bounded([SNAKEMAKE, "--profile", "slurm"], timeout=240, cwd=work, env=env, log=tmp_path / "run1.log")
+    timings = {"run_1_s": time.monotonic() - t0}
     out = proc.stdout
     # the job group failed (flaky), and was named; everything else ran
     assert proc.returncode not in (0, 124, 137), out[-6000:] + "\n" + slurm_cluster.logs()
@@ -163,7 +165,10 @@ def test_snakemake_profile_slurm_runs_rules_as_jobs(slurm_cluster, tmp_path):
 
     # fixed and rerun: only the failed job runs again, the group's finished job is kept
     (work / "fixed").touch()
-    rerun = run_bounded([SNAKEMAKE, "--profile", "slurm"], timeout=240, cwd=work, env=env)
+    t0 = time.monotonic()
+    rerun = run_bounded([SNAKEMAKE, "--profile", "slurm"], timeout=240, cwd=work, env=env, log=tmp_path / "run2.log")
+    timings["run_2_s"] = time.monotonic() - t0
+    print(f"\nSLURM profile test timings (s): {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
     assert rerun.returncode == 0, rerun.stdout[-6000:] + "\n" + slurm_cluster.logs()
     assert (work / "kept.txt").stat().st_mtime_ns == kept_mtime
     assert re.findall(r"^\s*rule (\w+):$", rerun.stdout, re.M) == ["flaky"], rerun.stdout[-4000:]
@@ -541,15 +546,21 @@ def _cluster_runs(slurm_cluster, cluster: Path, config: dict, env: dict, tmp_pat
             assert f"rule_{job['group'] or job['rule']}" in row["Comment"], (job, row)
             # the injected fault fails the first attempt of FAILING_RULE only
             assert row["State"] == "COMPLETED" or (job["rule"] == FAILING_RULE and row["State"] == "FAILED"), (job, row)
-    # job groups: the whole demo world was one SLURM job; each round's sample + score another
+    # job groups (workflow/rules/common.smk): the whole demo world was one SLURM job; each round's
+    # sample + score shared one; in the demo the last rounds' evaluations and the report were one
     demo_world = {j["slurm_id"] for j in jobs if j["group"] == "demo_world"}
     assert len(demo_world) == 1 and {j["rule"] for j in jobs if j["group"] == "demo_world"} >= {
         "demo_data", "demo_vq", "demo_clip", "demo_text", "demo_gpt", "tokenize", "prompts"}, jobs
     sample_jobs = [j for j in jobs if j["rule"] == "sample"]
-    assert sample_jobs and all(j["group"] == "evaluate" for j in sample_jobs), sample_jobs
+    assert sample_jobs and all(j["group"] in ("evaluate", "final_evaluation") for j in sample_jobs), sample_jobs
     for s in sample_jobs:
         assert any(j["rule"] == "score" and j["slurm_id"] == s["slurm_id"] and j["wildcards"] == s["wildcards"]
                    for j in jobs), (s, jobs)
+    report = [j for j in jobs if j["rule"] == "report"]
+    final_scores = [j for j in jobs if j["rule"] == "score" and j["group"] == "final_evaluation"]
+    assert len(report) == 1 and report[0]["group"] == "final_evaluation", report
+    assert len(final_scores) == len(config["methods"]), final_scores  # one last round per method
+    assert {j["slurm_id"] for j in final_scores} == {report[0]["slurm_id"]}, (report, final_scores)
     # rounds went through submitit to SLURM: every round's latest job completed, named by submitit
     methods = [mm["name"] for mm in config["methods"] if mm["mode"] != "none"]
     round_jobs = {}

@@ -3,7 +3,8 @@
 #
 #   ci/slurm/slurm-ci.sh install       apt-get the packages (idempotent, non-interactive)
 #   ci/slurm/slurm-ci.sh up            start munge, MariaDB, slurmdbd, slurmctld, slurmd; wait for the node
-#   ci/slurm/slurm-ci.sh down          cancel every job, stop every daemon by the PID recorded at `up`
+#   ci/slurm/slurm-ci.sh down          cancel every job, stop every daemon by the PID recorded at `up`,
+#                                      remove the slurm.conf / slurmdbd.conf it wrote
 #   ci/slurm/slurm-ci.sh status        sinfo + squeue + the recorded PIDs
 #   ci/slurm/slurm-ci.sh run CMD...    install, up, run CMD, down (also when CMD fails); exit with CMD's status
 #
@@ -293,10 +294,20 @@ cmd_up() {
 # ------------------------------------------------------------------------------------------------
 # down
 
+# The config files this script wrote go with the cluster: with a slurm.conf naming a controller
+# that no longer runs, every SLURM client call waits ~9 s for it, and Snakemake's slurm plugin
+# runs one (`scontrol show config`) whenever it is loaded, i.e. in every `snakemake` command.
+remove_own_conf() {
+  local f
+  for f in /etc/slurm/slurm.conf /etc/slurm/slurmdbd.conf; do
+    if [ -e "$f" ] && grep -qF "$MARKER" "$f"; then rm -f "$f"; fi
+  done
+}
+
 cmd_down() {
   local t0 name pid list job
   list=$(daemons)
-  [ -n "$list" ] || { log "nothing recorded in $STATE: nothing to stop"; return 0; }
+  [ -n "$list" ] || { remove_own_conf; log "nothing recorded in $STATE: nothing to stop"; return 0; }
   t0=$(date +%s%N)
   # cancel jobs while slurmctld still runs, so that no job step outlives the cluster
   if running slurmctld "$(awk '$1 == "slurmctld" {print $2}' <<<"$list")"; then
@@ -318,6 +329,7 @@ cmd_down() {
       { log "PID $pid ignored TERM: KILL"; kill -KILL "$pid" 2>/dev/null; }
   done
   rm -f "$STATE/pids" "$STATE"/run/*.pid
+  remove_own_conf
   log "down in $(ms_since "$t0") ms (stopped ${#pids[@]} daemons)"
 }
 
@@ -345,5 +357,5 @@ case "${1:-}" in
   down) cmd_down ;;
   status) cmd_status ;;
   run) shift; cmd_run "$@" ;;
-  *) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

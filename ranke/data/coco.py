@@ -13,6 +13,9 @@ Image preprocessing conventions (`load_image`):
   * mode="resize_crop": resize the shorter side to `size`, then centre crop. This is the upstream
     RankE *ground-truth* transform for decoder training (bicubic), kept for fidelity.
   For a square source (the demo) both give the same pixels. `resample` is "bicubic" or "lanczos".
+
+torch is imported only by the functions that make tensors: the prompts stage reads captions
+through this module and needs none of it (~2.5 s of CPU per process on a small machine).
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import jsonschema
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("ranke.data.coco")
 
@@ -234,6 +239,8 @@ def preprocess_pil(img: Image.Image, size: int, resample: str = "bicubic", mode:
 
 def load_image(path: str | os.PathLike, size: int, resample: str = "bicubic", mode: str = "crop_resize") -> torch.Tensor:
     """uint8 tensor (3, size, size). Raises ImageReadError naming `path` if missing or corrupt."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"image not found: {path}")
@@ -255,11 +262,13 @@ def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """float [-1, 1] -> uint8 (rounded, clamped)."""
+    import torch
+
     return images.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
 
 
-class CocoImages(torch.utils.data.Dataset):
-    """Images of a split as uint8 tensors, for a DataLoader: item i -> (i, (3, size, size) uint8)."""
+class CocoImages:
+    """Images of a split as uint8 tensors, a map-style dataset for a DataLoader: item i -> (i, (3, size, size) uint8)."""
 
     def __init__(self, root: str | os.PathLike, files: Sequence[str], size: int,
                  resample: str = "bicubic", mode: str = "crop_resize"):
@@ -277,6 +286,8 @@ class CocoImages(torch.utils.data.Dataset):
 def load_images(root: str | os.PathLike, files: Sequence[str], size: int, resample: str = "bicubic",
                 mode: str = "crop_resize") -> torch.Tensor:
     """All `files` (relative to root) as one uint8 tensor (N, 3, size, size); small splits only."""
+    import torch
+
     ds = CocoImages(root, files, size, resample, mode)
     if len(ds) == 0:
         return torch.empty(0, 3, size, size, dtype=torch.uint8)

@@ -22,6 +22,7 @@ import pandas as pd
 
 from ranke.io import atomic_path, read_parquet, write_json, write_text
 from ranke.report import plots, tables
+from ranke.runtime import parse_config_json, setup_logging
 
 log = logging.getLogger("ranke.report")
 
@@ -149,7 +150,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--log", default=None, help="also log to this file")
     args = ap.parse_args(argv)
-    from ranke.runtime import parse_config_json, setup_logging  # here: it imports torch, report() needs none
 
     setup_logging(args.log)
     logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting chatter

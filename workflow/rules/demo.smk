@@ -27,6 +27,7 @@ if DEMO:
             ASSETS["vq"]["checkpoint"],
         params:
             cfg=stage_config("demo"),
+        priority: CRITICAL_PATH_PRIORITY
         group:
             DEMO_GROUP
         conda:
@@ -50,6 +51,7 @@ if DEMO:
             directory(ASSETS["text_encoder"]["path"]),
         params:
             cfg=stage_config("demo"),
+        priority: CRITICAL_PATH_PRIORITY
         group:
             DEMO_GROUP
         conda:
@@ -96,6 +98,7 @@ if DEMO:
             ASSETS["gpt"]["checkpoint"],
         params:
             cfg=stage_config("demo"),
+        priority: CRITICAL_PATH_PRIORITY
         group:
             DEMO_GROUP
         conda:

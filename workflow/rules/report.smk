@@ -48,6 +48,8 @@ rule report:
     params:
         cfg=stage_config("methods", "report"),
         out_dir=dir_of_output_main,
+    group:
+        FINAL_GROUP
     conda:
         CONDA_ENV
     log:

@@ -14,14 +14,14 @@ rule fid_reference:
         CONDA_ENV
     log:
         "logs/score/fid_reference.log",
-    threads: 2
+    threads: res("score", "threads")
     resources:
         runtime=res("score", "runtime"),
         mem_mb=res("score", "mem_mb"),
         gpu=res("score", "gpu"),
         cpus_per_gpu=res("score", "cpus_per_gpu"),
     shell:
-        "python -m ranke fid-reference --config-json {params.cfg:q} --out {output:q} 2> {log:q}"
+        "python -m ranke fid-reference --config-json {params.cfg:q} --out {output:q} --threads {threads} 2> {log:q}"
 
 
 rule score:
@@ -40,12 +40,12 @@ rule score:
         cfg=stage_config("score", "sampling", "rounds", "prompts"),
         checkpoint=score_checkpoint,
     group:
-        EVALUATE_GROUP
+        evaluate_group
     conda:
         CONDA_ENV
     log:
         "logs/{method}/round_{round}/score.log",
-    threads: 2
+    threads: res("score", "threads")
     resources:
         runtime=res("score", "runtime"),
         mem_mb=res("score", "mem_mb"),
@@ -55,4 +55,4 @@ rule score:
         "python -m ranke score --config-json {params.cfg:q} --method {wildcards.method}"
         " --round {wildcards.round} --samples {input.samples:q} --checkpoint {params.checkpoint:q}"
         " --prompts {input.prompts:q} --code-hist {input.code_hist:q} --fid-ref {input.fid_ref:q}"
-        " --out {output.metrics:q} --grid {output.grid:q} 2> {log:q}"
+        " --out {output.metrics:q} --grid {output.grid:q} --threads {threads} 2> {log:q}"

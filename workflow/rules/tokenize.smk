@@ -9,13 +9,14 @@ rule tokenize:
         "results/tokens/{split}.parquet",
     params:
         cfg=stage_config("tokenize"),
+    priority: CRITICAL_PATH_PRIORITY
     group:
         DEMO_GROUP
     conda:
         CONDA_ENV
     log:
         "logs/tokenize/{split}.log",
-    threads: 2
+    threads: max(1, config["tokenize"]["workers"])  # the stage's loader processes
     resources:
         runtime=res("tokenize", "runtime"),
         mem_mb=res("tokenize", "mem_mb"),
