@@ -33,7 +33,7 @@ import torch
 
 from ranke import io
 from ranke.data import coco
-from ranke.runtime import log_environment, parse_config_json, resolve_device, setup_logging
+from ranke.runtime import log_environment, parse_config_json, resolve_device, set_threads, setup_logging
 
 log = logging.getLogger("ranke.demo.quality")
 
@@ -180,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.log)
     cfg = parse_config_json(args.config_json)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = resolve_device(cfg.get("device", "auto"))
     log_environment({"stage": "demo-quality", "device": str(device)})
     qc = cfg.get("demo", {}).get("quality", {})

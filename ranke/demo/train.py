@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from ranke import io
 from ranke.data import coco
-from ranke.runtime import log_environment, parse_config_json, seed_everything, setup_logging
+from ranke.runtime import log_environment, parse_config_json, resolve_device, seed_everything, set_threads, setup_logging
 
 log = logging.getLogger("ranke.demo.train")
 
@@ -444,10 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.log)
     cfg = parse_config_json(args.config_json)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from ranke.runtime import resolve_device
-
+    set_threads(args.threads)
     device = resolve_device(cfg.get("device", "auto"))
     log_environment({"stage": f"demo-train {args.model}", "device": str(device)})
     if args.model in ("vq", "text", "clip") and not args.coco:
