@@ -108,7 +108,7 @@ def tokenize_standin(cfg: dict, split: str) -> None:
     root, vq_path = cfg["assets"]["coco_root"], cfg["assets"]["vq"]["checkpoint"]
     vq = load_into(build_vq(cfg["assets"]["vq"]["arch"]), vq_path).eval()
     table = coco.captions_by_image(coco.read_split(root, split).captions)
-    images = coco.load_images(root, table["file"].tolist(), cfg["image_size"], "bicubic", "resize_crop")
+    images = coco.load_images(root, table["file"].tolist(), cfg["image_size"], coco.GT)
     with torch.inference_mode():
         codes = torch.cat([vq.encode(coco.to_float(images[i: i + 256])).flatten(1)
                            for i in range(0, len(images), 256)]).numpy().astype(np.int32)

@@ -89,7 +89,7 @@ def select_images(root, split: str, n: int, seed: int | None) -> list[str]:
 
 def compute_reference(cfg: dict, device=None, *, batch_size: int | None = None, workers: int | None = None) -> dict:
     """Extract features of the reference images -> {"mu", "sigma", "meta"} (not saved)."""
-    from ranke.data.coco import CocoImages
+    from ranke.data.coco import EVAL, CocoImages
     from ranke.metrics.fid import extract_features, fid_statistics, load_fid_extractor
 
     device = resolve_device(device or cfg.get("device", "auto"))
@@ -107,7 +107,7 @@ def compute_reference(cfg: dict, device=None, *, batch_size: int | None = None, 
              meta["key"], len(files), meta["resolution"], extractor.name, batch_size, workers)
 
     # Decoding + LANCZOS resizing run in DataLoader worker processes, batched, overlapped with features.
-    dataset = CocoImages(meta["dataset_root"], files, meta["resolution"], resample="lanczos", mode="crop_resize")
+    dataset = CocoImages(meta["dataset_root"], files, meta["resolution"], EVAL)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                                          pin_memory=device.type == "cuda", shuffle=False)
     t0 = time.perf_counter()

@@ -1,7 +1,8 @@
 """Stage `tokenize`: COCO-layout images + captions -> tokens.parquet, and the real-code histogram.
 
-Each image is resized (shorter side, bicubic) and centre-cropped to `image_size` exactly as the
-upstream RankE training transform does, then VQ-encoded. One row per image carries its captions
+Each image goes through the GT transform (ranke.data.coco: torchvision Resize of the shorter side,
+bicubic, + CenterCrop, the upstream RankE training transform), then is VQ-encoded; the training
+rounds load the paired image x of these codes through the very same transform. One row per image carries its captions
 and its code map, so later stages (demo GPT training, rounds) never touch the VQ encoder again.
 
 A missing or corrupt image fails the stage naming its path, unless `tokenize.skip_bad_images`
@@ -27,8 +28,6 @@ from ranke.runtime import log_environment, parse_config_json, resolve_device, se
 
 log = logging.getLogger("ranke.tokenize")
 
-# upstream RankE GT transform: resize the shorter side (bicubic), then centre crop
-RESAMPLE, MODE = "bicubic", "resize_crop"
 
 
 class _SafeImages:
@@ -42,7 +41,7 @@ class _SafeImages:
 
     def __getitem__(self, i: int):
         try:
-            return i, coco.load_image(self.root / self.files[i], self.size, RESAMPLE, MODE), ""
+            return i, coco.load_image(self.root / self.files[i], self.size, coco.GT), ""
         except coco.ImageReadError as e:
             import torch
 

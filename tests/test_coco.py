@@ -105,43 +105,59 @@ def test_missing_annotation_file(tmp_path):
         coco.read_split(tmp_path, "train")
 
 
-def test_load_image_centre_crop_and_modes(tmp_path):
-    # 60x40 image: left 10 px red, middle 40 px green, right 10 px blue -> the crop is all green
+def test_load_image_transforms_on_a_non_square_image(tmp_path):
+    # 60x40 image: left 10 px red, middle 40 px green, right 10 px blue
     arr = np.zeros((40, 60, 3), np.uint8)
     arr[:, :10, 0] = 255
     arr[:, 10:50, 1] = 255
     arr[:, 50:, 2] = 255
     Image.fromarray(arr).save(tmp_path / "x.png")
-    for resample in ("bicubic", "lanczos"):
-        x = coco.load_image(tmp_path / "x.png", 20, resample=resample)
-        assert x.shape == (3, 20, 20) and x.dtype == torch.uint8
-        assert (x[1] == 255).all() and (x[0] == 0).all() and (x[2] == 0).all()
-    y = coco.load_image(tmp_path / "x.png", 20, mode="resize_crop")
+    x = coco.load_image(tmp_path / "x.png", 20, coco.EVAL)  # crop to the shorter side first: all green
+    assert x.shape == (3, 20, 20) and x.dtype == torch.uint8
+    assert (x[1] == 255).all() and (x[0] == 0).all() and (x[2] == 0).all()
+    y = coco.load_image(tmp_path / "x.png", 20, coco.GT)  # 30x20 after the resize, centre 20 columns
     assert y.shape == (3, 20, 20) and (y[1] > 200).all()
-    with pytest.raises(ValueError, match="resample"):
-        coco.load_image(tmp_path / "x.png", 20, resample="nearest-ish")
+    with pytest.raises(ValueError, match="transform"):
+        coco.load_image(tmp_path / "x.png", 20, "nearest-ish")
+
+
+@pytest.mark.parametrize("w, h, resized, box", [
+    (640, 427, (383, 256), (64, 0, 320, 256)),   # long side truncated (383.7 -> 383), offset round(63.5) = 64
+    (480, 640, (256, 341), (0, 42, 256, 298)),   # portrait: 341.3 -> 341, offset round(42.5) = 42
+    (500, 375, (341, 256), (42, 0, 298, 256)),
+    (640, 480, (341, 256), (42, 0, 298, 256)),
+])
+def test_gt_transform_is_torchvision_resize_then_centre_crop(tmp_path, w, h, resized, box):
+    """The official RankE training transform, torchvision Resize(256, bicubic) + CenterCrop(256), at
+    the geometry of common COCO sizes (the earlier round() of the long side was off by one px)."""
+    rng = np.random.default_rng(w + h)
+    arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "x.png")
+    expected = Image.fromarray(arr).resize(resized, Image.Resampling.BICUBIC).crop(box)
+    got = coco.load_image(tmp_path / "x.png", 256, coco.GT)
+    assert torch.equal(got, torch.from_numpy(np.asarray(expected).copy()).permute(2, 0, 1))
 
 
 def test_load_image_errors_name_the_path(tmp_path):
     with pytest.raises(coco.ImageReadError, match="missing.png"):
-        coco.load_image(tmp_path / "missing.png", 32)
+        coco.load_image(tmp_path / "missing.png", 32, coco.GT)
     bad = tmp_path / "corrupt.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
     with pytest.raises(coco.ImageReadError, match="corrupt.png"):
-        coco.load_image(bad, 32)
+        coco.load_image(bad, 32, coco.GT)
     # a truncated real PNG fails at decode time, still with its name
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "t.png")
     data = (tmp_path / "t.png").read_bytes()
     (tmp_path / "trunc.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(coco.ImageReadError, match="trunc.png"):
-        coco.load_image(tmp_path / "trunc.png", 32)
+        coco.load_image(tmp_path / "trunc.png", 32, coco.GT)
     with pytest.raises(coco.ImageReadError, match="corrupt.png"):
-        coco.load_images(tmp_path, ["t.png", "corrupt.png"], 32)
+        coco.load_images(tmp_path, ["t.png", "corrupt.png"], 32, coco.GT)
 
 
 def test_load_images_and_float_roundtrip(demo_root):
     split = coco.read_split(demo_root, "val")
-    x = coco.load_images(demo_root, split.images["file"], 32)
+    x = coco.load_images(demo_root, split.images["file"], 32, coco.GT)
     assert x.shape == (5, 3, 32, 32) and x.dtype == torch.uint8
     f = coco.to_float(x)
     assert f.min() >= -1 and f.max() <= 1

@@ -141,7 +141,7 @@ def write_tokens(cfg: dict, split: str, out: Path) -> None:
     root = cfg["assets"]["coco_root"]
     vq = load_into(build_vq(cfg["assets"]["vq"]["arch"]), cfg["assets"]["vq"]["checkpoint"]).eval()
     table = coco.captions_by_image(coco.read_split(root, split).captions)
-    images = coco.to_float(coco.load_images(root, table["file"].tolist(), cfg["image_size"]))
+    images = coco.to_float(coco.load_images(root, table["file"].tolist(), cfg["image_size"], coco.GT))
     codes = vq.encode(images).flatten(1).numpy().astype(np.int32)
     table["codes"] = list(codes)
     table["split"] = split

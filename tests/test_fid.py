@@ -194,10 +194,10 @@ def test_reference_cached_reused_invalidated_and_mismatch_refused(tmp_path, monk
     np.testing.assert_array_equal(again["mu"], ref["mu"])
 
     # the statistics equal the features of the LANCZOS-resized images computed directly
-    from ranke.data.coco import load_image
+    from ranke.data.coco import EVAL, load_image
 
     ex = fid.load_fid_extractor(cfg["assets"]["fid"], "cpu")
-    direct = torch.stack([load_image(root / "val2014" / f"COCO_val2014_{i:012d}.png", 16, "lanczos") for i in range(12)])
+    direct = torch.stack([load_image(root / "val2014" / f"COCO_val2014_{i:012d}.png", 16, EVAL) for i in range(12)])
     assert fid.frechet_distance(fid.fid_statistics(ex.features(direct)), ref) == pytest.approx(0.0, abs=1e-6)
 
     # a change of resolution or subset -> a different key, and the stale file is refused / recomputed

@@ -61,9 +61,9 @@ def make_world(root: Path, n_images: int = 8) -> dict:
         caps_all += caps
         rows.append({"image_id": i, "split": "train", "file": f, "caption_ids": [2 * i, 2 * i + 1], "captions": caps})
     vq = build_vq(VQ_ARCH)
-    from ranke.data.coco import load_image, to_float
+    from ranke.data.coco import GT, load_image, to_float
 
-    imgs = torch.stack([to_float(load_image(coco / r["file"], IMAGE_SIZE)) for r in rows])
+    imgs = torch.stack([to_float(load_image(coco / r["file"], IMAGE_SIZE, GT)) for r in rows])
     codes = vq.encode(imgs).flatten(1)
     for r, c in zip(rows, codes):
         r.update(codes=c.int().tolist(), grid_h=4, grid_w=4, vq_sha256="x")

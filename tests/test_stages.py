@@ -4,6 +4,7 @@ import json
 import shutil
 
 import numpy as np
+import torch
 import pytest
 
 from ranke import io
@@ -94,3 +95,66 @@ def test_samples_do_not_depend_on_batch_size(world, tmp_path):
     cfg["sampling"]["seed"] = 7
     c = generate_samples(cfg, "base", 0, "base", prompts, tmp_path / "c.parquet")
     assert not all(np.array_equal(x, y) for x, y in zip(a["codes"], c["codes"]))
+
+
+class _PixelCodec:
+    """A lossless stand-in for the VQ: one code per pixel (its 24-bit colour), so decode(codes) is
+    the tokenized image exactly and any difference between x and its codes' image shows."""
+
+    def __init__(self, size):
+        self.grid = (size, size)
+        self.vq = torch.nn.Identity()
+        self.vq_file = None
+
+    def tokenize(self, vq, images):
+        x = coco.to_uint8(images).long()
+        return (x[:, 0] * 65536 + x[:, 1] * 256 + x[:, 2]).flatten(1)
+
+    def decode(self, codes):
+        c = codes.long().view(-1, *self.grid)
+        rgb = torch.stack([c // 65536, (c // 256) % 256, c % 256], dim=1)
+        return coco.to_float(rgb.to(torch.uint8))
+
+
+def _non_square_coco(root, sizes):
+    from PIL import Image
+
+    (root / "train2014").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    rng = np.random.default_rng(0)
+    images, anns = [], []
+    for i, (w, h) in enumerate(sizes):
+        yy, xx = np.mgrid[0:h, 0:w]
+        arr = np.stack([(xx * 255 // w), (yy * 255 // h), ((xx // 5 + yy // 7) % 2) * 255], -1)
+        arr = np.clip(arr + rng.integers(-20, 20, arr.shape), 0, 255).astype(np.uint8)
+        name = f"COCO_train2014_{i:012d}.png"
+        Image.fromarray(arr).save(root / "train2014" / name)
+        images.append({"id": i, "file_name": name, "width": w, "height": h})
+        anns.append({"id": 10 + i, "image_id": i, "caption": f"picture {i}"})
+    (root / "annotations" / "captions_train2014.json").write_text(json.dumps({"images": images, "annotations": anns}))
+
+
+def test_trainer_image_is_the_image_its_codes_were_made_from(world, tmp_path, monkeypatch):
+    """Non-square sources (COCO sizes, scaled down): the decoder's ground-truth x in a training round
+    and the image whose codes `tokenize` stored are the same tensor, and decoding the stored codes
+    gives x itself, not a differently cropped or shifted copy."""
+    from ranke.models import factory
+    from ranke.train.rollout import TrainData
+
+    size = 16
+    root = tmp_path / "coco"
+    _non_square_coco(root, [(64, 48), (48, 64), (50, 37), (64, 43)])
+    codec = _PixelCodec(size)
+    monkeypatch.setattr(factory, "build_backbone", lambda *a, **k: codec)
+    cfg = json.loads(json.dumps(world))
+    cfg["assets"]["coco_root"] = str(root)
+    cfg["image_size"] = size
+    tokens = tokenize_split(cfg, "train", tmp_path / "train.parquet", num_workers=0)
+    data = TrainData(tokens, root, size, prompts_per_step=4, seed=0)
+    batch = data.batch(0)
+    for x, codes, image_id in zip(batch.images, batch.gt_codes, batch.image_ids):
+        assert torch.equal(codec.decode(codes[None])[0], x), image_id
+        # the images are sensitive to the crop: the evaluation transform gives visibly other pixels
+        file = root / "train2014" / f"COCO_train2014_{image_id:012d}.png"
+        other = coco.to_float(coco.load_image(file, size, coco.EVAL))
+        assert (other - x).abs().mean() > 0.02, image_id

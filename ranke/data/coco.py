@@ -6,13 +6,20 @@ world alike (ranke.data.demo writes the same layout):
     <root>/{train,val}2014/COCO_{split}2014_%012d.{jpg,png}
     <root>/annotations/captions_{split}2014.json   {"info", "licenses", "images", "annotations"}
 
-Image preprocessing conventions (`load_image`):
-  * mode="crop_resize" (default): centre crop to the shorter side, then one PIL resize to
-    `size` x `size`. This is the GigaGAN / LlamaGen *evaluation* transform (long-edge centre crop +
-    LANCZOS to the eval resolution), used for FID references and CLIP scoring.
-  * mode="resize_crop": resize the shorter side to `size`, then centre crop. This is the upstream
-    RankE *ground-truth* transform for decoder training (bicubic), kept for fidelity.
-  For a square source (the demo) both give the same pixels. `resample` is "bicubic" or "lanczos".
+Image preprocessing (`load_image(path, size, transform)`): two named transforms, the two of the
+official RankE code, each used by every stage that needs it:
+  * GT ("gt"): torchvision `Resize(size, bicubic)` of the shorter side, then `CenterCrop(size)`:
+    the RankE training transform (autoregressive/post_train/post_train.py). Everything that pairs
+    pixels with VQ codes uses it: `tokenize` (the codes), the training rounds (the decoder's
+    ground-truth image x of those codes) and the demo models. torchvision does the geometry, so
+    the long side is truncated and the crop offset rounded exactly as upstream (a 640x427 image
+    becomes 383x256, cropped at x = 64).
+  * EVAL ("eval"): torchvision `center_crop` to the shorter side, then one PIL LANCZOS resize to
+    size x size: the GigaGAN/LlamaGen evaluation transform that RankE's evaluation applies to both
+    FID image sets (and to CLIP-score images). Used for the FID reference statistics.
+  Both start from PIL's `convert("RGB")` of the decoded file, as upstream; EXIF orientation is
+  not applied (neither upstream nor COCO's annotation widths/heights do), so a rotated JPEG is
+  used as stored. For a square source of `size` pixels both transforms are the identity.
 
 torch is imported only by the functions that make tensors: the prompts stage reads captions
 through this module and needs none of it (~2.5 s of CPU per process on a small machine).
@@ -209,38 +216,31 @@ def captions_by_image(captions: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------------
 # Images
 
-_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
-             "bilinear": Image.Resampling.BILINEAR}
+GT, EVAL = "gt", "eval"
+TRANSFORMS = (GT, EVAL)
 
 
-def preprocess_pil(img: Image.Image, size: int, resample: str = "bicubic", mode: str = "crop_resize") -> Image.Image:
-    """Square `size` x `size` RGB image (see the module docstring for the two modes)."""
-    if resample not in _RESAMPLE:
-        raise ValueError(f"resample must be one of {sorted(_RESAMPLE)}, got {resample!r}")
+def preprocess_pil(img: Image.Image, size: int, transform: str) -> Image.Image:
+    """Square `size` x `size` RGB image by the named transform (see the module docstring)."""
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
     img = img.convert("RGB")
-    w, h = img.size
-    if mode == "crop_resize":
-        s = min(w, h)
-        left, top = (w - s) // 2, (h - s) // 2
-        img = img.crop((left, top, left + s, top + s))
-        if s != size:
-            img = img.resize((size, size), _RESAMPLE[resample])
-    elif mode == "resize_crop":
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        if (nw, nh) != (w, h):
-            img = img.resize((nw, nh), _RESAMPLE[resample])
-        left, top = (nw - size) // 2, (nh - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-    else:
-        raise ValueError(f"mode must be 'crop_resize' or 'resize_crop', got {mode!r}")
-    return img
+    if transform == GT:
+        img = TF.resize(img, size, interpolation=InterpolationMode.BICUBIC)
+        return TF.center_crop(img, size)
+    if transform == EVAL:
+        img = TF.center_crop(img, min(img.size))
+        return img.resize((size, size), Image.Resampling.LANCZOS)
+    raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
 
 
-def load_image(path: str | os.PathLike, size: int, resample: str = "bicubic", mode: str = "crop_resize") -> torch.Tensor:
+def load_image(path: str | os.PathLike, size: int, transform: str) -> torch.Tensor:
     """uint8 tensor (3, size, size). Raises ImageReadError naming `path` if missing or corrupt."""
     import torch
 
+    if transform not in TRANSFORMS:
+        raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"image not found: {path}")
@@ -250,7 +250,7 @@ def load_image(path: str | os.PathLike, size: int, resample: str = "bicubic", mo
             img = img.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"cannot decode image {path}: {e}") from e
-    out = preprocess_pil(img, size, resample, mode)
+    out = preprocess_pil(img, size, transform)
     arr = np.asarray(out, dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
@@ -270,25 +270,23 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 class CocoImages:
     """Images of a split as uint8 tensors, a map-style dataset for a DataLoader: item i -> (i, (3, size, size) uint8)."""
 
-    def __init__(self, root: str | os.PathLike, files: Sequence[str], size: int,
-                 resample: str = "bicubic", mode: str = "crop_resize"):
+    def __init__(self, root: str | os.PathLike, files: Sequence[str], size: int, transform: str):
         self.root = Path(root)
         self.files = list(files)
-        self.size, self.resample, self.mode = size, resample, mode
+        self.size, self.transform = size, transform
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
-        return i, load_image(self.root / self.files[i], self.size, self.resample, self.mode)
+        return i, load_image(self.root / self.files[i], self.size, self.transform)
 
 
-def load_images(root: str | os.PathLike, files: Sequence[str], size: int, resample: str = "bicubic",
-                mode: str = "crop_resize") -> torch.Tensor:
+def load_images(root: str | os.PathLike, files: Sequence[str], size: int, transform: str) -> torch.Tensor:
     """All `files` (relative to root) as one uint8 tensor (N, 3, size, size); small splits only."""
     import torch
 
-    ds = CocoImages(root, files, size, resample, mode)
+    ds = CocoImages(root, files, size, transform)
     if len(ds) == 0:
         return torch.empty(0, 3, size, size, dtype=torch.uint8)
     return torch.stack([ds[i][1] for i in range(len(ds))])

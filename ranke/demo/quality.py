@@ -101,7 +101,7 @@ def measure(cfg: dict, device="cpu", tokens_path: str | Path | None = None, *, n
     t0 = time.perf_counter()
 
     split = coco.read_split(root, "val")
-    images = coco.to_float(coco.load_images(root, split.images["file"].tolist(), image_size))
+    images = coco.to_float(coco.load_images(root, split.images["file"].tolist(), image_size, coco.GT))
     backbone = LlamaGenBackbone.from_config(cfg["assets"], image_size, device)
     clip = load_clip(cfg["assets"]["clip"], device)
     rows = []

@@ -85,7 +85,7 @@ def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 def load_split_images(coco_root: str | Path, split: str, image_size: int) -> tuple[torch.Tensor, "coco.CocoSplit"]:
     """All images of a split as float [-1, 1] (N, 3, S, S), in image_id order, and the split tables."""
     s = coco.read_split(coco_root, split)
-    images = coco.to_float(coco.load_images(coco_root, s.images["file"].tolist(), image_size))
+    images = coco.to_float(coco.load_images(coco_root, s.images["file"].tolist(), image_size, coco.GT))
     return images, s
 
 

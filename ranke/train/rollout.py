@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ranke.data.coco import load_image, to_float
+from ranke.data.coco import GT, load_image, to_float
 
 log = logging.getLogger("ranke.train.rollout")
 
@@ -47,7 +47,7 @@ class TrainData:
     """
 
     def __init__(self, tokens: pd.DataFrame, coco_root: str | Path, image_size: int, prompts_per_step: int,
-                 seed: int, *, resample: str = "bicubic"):
+                 seed: int):
         if len(tokens) == 0:
             raise ValueError("the train tokens table is empty")
         self.tokens = tokens.reset_index(drop=True)
@@ -55,7 +55,6 @@ class TrainData:
         self.image_size = image_size
         self.B = prompts_per_step
         self.seed = seed
-        self.resample = resample
         self._perm: dict[int, np.ndarray] = {}
         lengths = {len(c) for c in self.tokens["codes"].head(1000)}
         if len(lengths) != 1:
@@ -88,7 +87,8 @@ class TrainData:
         images, codes, caps, ids = [], [], [], []
         for row, cap in chosen:
             r = self.tokens.iloc[row]
-            img = load_image(self.root / r["file"], self.image_size, self.resample)
+            # the transform that made these codes in `tokenize`: x and its codes show the same pixels
+            img = load_image(self.root / r["file"], self.image_size, GT)
             images.append(to_float(img))
             codes.append(torch.as_tensor(np.asarray(r["codes"], dtype=np.int64)))
             caps.append(str(r["captions"][cap]))
