@@ -1,4 +1,4 @@
-"""Shared test helpers: the LlamaGen fixtures directory and the seeded-weights recipe."""
+"""Shared test helpers: the vendored golden fixtures directory and the seeded-weights recipe."""
 
 from __future__ import annotations
 
@@ -21,13 +21,16 @@ if str(REPO) not in sys.path:  # tests run against the checkout even when ranke 
     sys.path.insert(0, str(REPO))
 
 
+FIXTURES = REPO / "tests" / "fixtures"
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    """../shared/fixtures next to the repository (override with RANKE_FIXTURES)."""
-    path = Path(os.environ.get("RANKE_FIXTURES", REPO.parent / "shared" / "fixtures"))
-    if not path.is_dir():
-        pytest.skip(f"shared fixtures not found at {path} (set RANKE_FIXTURES to their directory)")
-    return path
+    """The golden fixtures vendored in tests/fixtures (see their README.md files). They are part of
+    the repository: a missing one is an error, never a skip."""
+    if not (FIXTURES / "llamagen" / "golden_gpt_t2i.pt").is_file():
+        raise FileNotFoundError(f"golden fixtures missing from {FIXTURES} (they are committed with the tests)")
+    return FIXTURES
 
 
 def seeded_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
