@@ -1,4 +1,4 @@
-"""Reference FID statistics of the real images, computed once per (dataset, subset, resolution, extractor).
+"""Reference FID statistics of the real images, computed once per (dataset, subset, resolution, extractor, protocol).
 
 `python -m ranke fid-reference --config-json '<json>' --out resources/fid/<key>.pt`
 
@@ -6,13 +6,16 @@ Real images: the COCO-layout split of config score.fid_reference (default: the v
 studies: COCO val2014), each centre-cropped to its shorter side and LANCZOS-resized to the
 generation resolution (config image_size) — the GigaGAN/LlamaGen evaluation transform — either
 all images or a fixed-seed random subset of n. Features come from the torch-fidelity extractor of
-config assets.fid (ranke.metrics.fid).
+config assets.fid, fed as config score.fid_protocol says (ranke.metrics.fid: "clean" = clean-fid's
+PIL-bicubic resize to 299, as the official evaluation; "torch-fidelity" = its built-in resize), the
+same way the score stage feeds the generated images.
 
 The output file name is `reference_cache_key(...)` + ".pt" (the workflow builds it from the config),
-so a change of dataset, subset, resolution or extractor gives a new file; the file also carries its
-metadata (with the extractor weights' sha256), and both this stage and the score stage refuse to use
-a file whose metadata disagrees with what is asked. Re-running with matching metadata reuses the
-file without reading any image.
+so a change of dataset, subset, resolution, extractor or FID protocol gives a new file; the file
+also carries its metadata (with the extractor weights' sha256), and both this stage and the score
+stage refuse to use a file whose metadata disagrees with what is asked (MATCH_FIELDS), so clean
+reference statistics are never compared with torch-fidelity-protocol samples or the reverse.
+Re-running with matching metadata reuses the file without reading any image.
 """
 
 from __future__ import annotations
@@ -27,14 +30,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ranke.config import reference_key_from_config, reference_settings
+from ranke.config import configured_fid_protocol, reference_key_from_config, reference_settings
 from ranke.io import save_torch, sha256_file
 from ranke.runtime import log_environment, parse_config_json, resolve_device, set_threads, setup_logging
 
 log = logging.getLogger("ranke.fid_reference")
 
 # metadata fields that must agree between a cached file and the request
-MATCH_FIELDS = ("dataset_root", "split", "subset_n", "subset_seed", "resolution", "extractor", "weights_sha256")
+MATCH_FIELDS = ("dataset_root", "split", "subset_n", "subset_seed", "resolution", "extractor", "fid_protocol",
+                "weights_sha256")
 
 
 class ReferenceMismatchError(ValueError):
@@ -70,7 +74,10 @@ def load_reference(path: str | os.PathLike, expected: dict | None = None) -> dic
         raise ReferenceMismatchError(f"{path}: not a ranke reference-statistics file (keys mu, sigma, meta)")
     if expected is not None:
         check_metadata(obj["meta"], expected, path)
-    return {"mu": obj["mu"].double().numpy(), "sigma": obj["sigma"].double().numpy(), "meta": obj["meta"]}
+    ref = {"mu": obj["mu"].double().numpy(), "sigma": obj["sigma"].double().numpy(), "meta": obj["meta"]}
+    if "sigma_sqrt" in obj:  # absent from files written before it was cached
+        ref["sigma_sqrt"] = obj["sigma_sqrt"].double().numpy()
+    return ref
 
 
 def select_images(root, split: str, n: int, seed: int | None) -> list[str]:
@@ -102,9 +109,10 @@ def compute_reference(cfg: dict, device=None, *, batch_size: int | None = None, 
     files = select_images(meta["dataset_root"], meta["split"], meta["subset_n"], meta["subset_seed"])
     if len(files) < 2:
         raise ValueError(f"need >= 2 reference images, found {len(files)} in {meta['dataset_root']} {meta['split']}")
-    extractor = load_fid_extractor(cfg["assets"]["fid"], device, clip_cfg=cfg["assets"].get("clip"))
-    log.info("reference %s: %d images at %d px, extractor %s, batch %d, %d loader workers",
-             meta["key"], len(files), meta["resolution"], extractor.name, batch_size, workers)
+    extractor = load_fid_extractor(cfg["assets"]["fid"], device, protocol=configured_fid_protocol(cfg),
+                                   clip_cfg=cfg["assets"].get("clip"))
+    log.info("reference %s: %d images at %d px, extractor %s (protocol %s), batch %d, %d loader workers",
+             meta["key"], len(files), meta["resolution"], extractor.name, extractor.protocol, batch_size, workers)
 
     # Decoding + LANCZOS resizing run in DataLoader worker processes, batched, overlapped with features.
     dataset = CocoImages(meta["dataset_root"], files, meta["resolution"], EVAL)
@@ -116,7 +124,8 @@ def compute_reference(cfg: dict, device=None, *, batch_size: int | None = None, 
     stats = fid_statistics(feats)
     log.info("reference features %s in %.1f s", tuple(feats.shape), time.perf_counter() - t0)
     meta = {**meta, "n_images": len(files), "feature_layer": extractor.layer, "feature_dim": int(feats.shape[1]),
-            "resample": "lanczos", "crop": "center", "torch_fidelity": _tf_version()}
+            "resample": "lanczos", "crop": "center", "preprocessing": extractor.preprocessing,
+            "torch_fidelity": _tf_version()}
     return {"mu": stats["mu"], "sigma": stats["sigma"], "meta": meta}
 
 
@@ -127,8 +136,15 @@ def _tf_version() -> str:
 
 
 def save_reference(ref: dict, path: str | os.PathLike) -> None:
+    """{"mu", "sigma", "sigma_sqrt", "meta"}: the square root of sigma is computed once here, so that
+    every score job's Frechet distance needs one symmetric eigen-solve (ranke.metrics.fid)."""
+    from ranke.metrics.fid import covariance_sqrt
+
+    root = ref.get("sigma_sqrt")
     save_torch({"mu": torch.as_tensor(ref["mu"], dtype=torch.float64),
                 "sigma": torch.as_tensor(ref["sigma"], dtype=torch.float64),
+                "sigma_sqrt": torch.as_tensor(covariance_sqrt(ref["sigma"]) if root is None else root,
+                                              dtype=torch.float64),
                 "meta": ref["meta"]}, path)
 
 

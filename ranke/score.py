@@ -5,10 +5,12 @@
 
 One pass over the samples in batches: codes -> that round's decoder (online or EMA weights,
 config score.decoder) -> uint8 pixels exactly as upstream writes PNGs (clamp(127.5 v + 128)) ->
-FID features (torch-fidelity extractor), CLIP image embeddings, reward — all on the device, no
-image files. Then: FID against the cached reference statistics (ranke.fid_reference), CLIP score
-(100 x mean cosine, convention in `details`), code-shift metrics against the real code histogram,
-mean reward, sample count and wall time. Optional PNGs + a fixed-prompt grid for inspection.
+FID features (torch-fidelity extractor, fed as config score.fid_protocol says), CLIP image
+embeddings (in the precision of config score.clip_precision), reward — all on the device, no files.
+Then: FID against the cached reference statistics (ranke.fid_reference; computed with the same
+protocol, checked through its metadata), CLIP score (100 x mean cosine, convention in `details`),
+code-shift metrics against the real code histogram, mean reward, sample count and wall time.
+Optional PNGs + a fixed-prompt grid for inspection.
 
 Metric names (column `metric`): clip_score, fid, code_kl, code_kl_real_floor, code_entropy_bits,
 code_entropy_bits_real, codebook_usage, reward, n_samples, wall_time_s.
@@ -146,8 +148,9 @@ def score(cfg: dict, method: str, round_idx: int, samples_path, checkpoint, prom
     """Decode + measure one (method, round); writes `out_path` (schema metrics) and returns it."""
     from ranke.fid_reference import expected_metadata, load_reference
     from ranke.metrics import to_uint8, uint8_to_float
-    from ranke.metrics.clip_score import (check_clip_files, clip_convention, image_embeddings, load_clip_model,
-                                         pair_scores, text_embeddings)
+    from ranke.config import configured_fid_protocol
+    from ranke.metrics.clip_score import (IMAGE_RESIZE, check_clip_files, clip_convention, image_embeddings,
+                                          load_clip_model, pair_scores, resolve_clip_precision, text_embeddings)
     from ranke.metrics.fid import fid_statistics, frechet_distance, load_fid_extractor
     from ranke.metrics.shift import code_histogram, real_histograms, shift_metrics
     from ranke.rewards import build_reward
@@ -158,6 +161,8 @@ def score(cfg: dict, method: str, round_idx: int, samples_path, checkpoint, prom
     dtype = autocast_dtype(cfg.get("precision", "auto"), device)
     batch_size = int(sc.get("batch_size", 100))
     eps = float(sc.get("shift_smoothing", 1e-6))
+    fid_protocol = configured_fid_protocol(cfg)
+    clip_precision = resolve_clip_precision(sc.get("clip_precision", "auto"), device)
     if png_dir is None and sc.get("write_png"):
         png_dir = Path(out_path).parent / "images"
 
@@ -175,11 +180,14 @@ def score(cfg: dict, method: str, round_idx: int, samples_path, checkpoint, prom
         check_clip_files(cfg["assets"]["reward"], "assets.reward")
 
     decoder, which, vq_path = load_decoder(cfg, checkpoint, device)
-    clip = load_clip_model(cfg["assets"]["clip"], device)
+    clip = load_clip_model(cfg["assets"]["clip"], device, precision=clip_precision)
     fid_cfg = cfg["assets"]["fid"]
-    same_clip = fid_cfg["extractor"] == "clip-image" and fid_cfg.get("weights") and \
+    # the demo's clip-image FID reuses the CLIP-score model only when that one runs in fp32, so
+    # that the FID feature space does not depend on score.clip_precision
+    same_clip = fid_cfg["extractor"] == "clip-image" and fid_cfg.get("weights") and clip_precision == "fp32" and \
         Path(fid_cfg["weights"]).resolve() == Path(cfg["assets"]["clip"]["weights"]).resolve()
-    extractor = load_fid_extractor(fid_cfg, device, clip_cfg=cfg["assets"]["clip"], clip_model=clip if same_clip else None)
+    extractor = load_fid_extractor(fid_cfg, device, protocol=fid_protocol, clip_cfg=cfg["assets"]["clip"],
+                                   clip_model=clip if same_clip else None)
     reward_model = build_reward(cfg["assets"]["reward"], device)
 
     n = len(df)
@@ -254,12 +262,16 @@ def score(cfg: dict, method: str, round_idx: int, samples_path, checkpoint, prom
     clip_cfg, reward_cfg = cfg["assets"]["clip"], cfg["assets"]["reward"]
     fid_details = {"label": extractor.label, "reference": reference["meta"].get("key"),
                    "reference_images": reference["meta"].get("n_images"), "feature_layer": extractor.layer,
-                   "weights_sha256": extractor.weights_sha256}
+                   "weights_sha256": extractor.weights_sha256,
+                   "fid_protocol": extractor.protocol or f"not applicable to {extractor.name}",
+                   "preprocessing": extractor.preprocessing}
+    clip_details = {"convention": clip_convention(clip_cfg), "precision": clip_precision,
+                    "image_resize": f"{IMAGE_RESIZE} to {clip.image_size}"}
     shift_details = {"smoothing_eps": eps, "kl": "KL(generated || real), nats", "entropy": "bits",
                      "real_images": n_real, "codebook_size": codebook_size}
     reward_name = reward_cfg.get("model") or reward_cfg.get("path") or reward_cfg.get("kind", "")
     rows_out = [
-        ("clip_score", clip_value, n, clip_cfg.get("model", ""), {"convention": clip_convention(clip_cfg)}),
+        ("clip_score", clip_value, n, clip_cfg.get("model", ""), clip_details),
         ("fid", fid_value, n, extractor.name, fid_details),
         ("code_kl", shift["code_kl"], n, "vq-codes", shift_details),
         ("code_kl_real_floor", shift["code_kl_real_floor"], n_real, "vq-codes",

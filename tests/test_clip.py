@@ -96,3 +96,89 @@ def test_weights_for_another_architecture_fail_loudly(tiny_clip_files, tmp_path)
     p.write_text(json.dumps(cfg2))
     with pytest.raises(RuntimeError, match="size mismatch"):
         load_clip({**cfg, "model": "ranke-test-clip-8", "config": str(p)})
+
+
+# ----------------------------------------------------------------------------------------------
+# OpenAI's file format (the real assets.clip.weights is OpenAI's TorchScript ViT-B-32.pt)
+
+STUDY_CLIP = {"model": "ViT-B-32-quickgelu", "config": None, "quick_gelu": True, "prompt_prefix": "A photo depicts "}
+
+
+@pytest.fixture(scope="module")
+def openai_standin(tmp_path_factory):
+    from ranke.models.clip import write_openai_clip_standin
+
+    return write_openai_clip_standin(tmp_path_factory.mktemp("openai") / "ViT-B-32.pt", seed=0)
+
+
+def _archive_state_dict(path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(str(path), map_location="cpu").state_dict()
+
+
+def test_standin_is_an_openai_torchscript_archive(openai_standin):
+    from ranke.models.clip import is_openai_format, is_torchscript_archive
+
+    assert is_torchscript_archive(openai_standin) and is_openai_format(openai_standin)
+    assert openai_standin.stat().st_size < 10e6  # a few MB
+    sd = _archive_state_dict(openai_standin)
+    for k in ("visual.conv1.weight", "visual.class_embedding", "visual.positional_embedding", "visual.proj",
+              "visual.transformer.resblocks.0.attn.in_proj_weight", "visual.ln_post.weight", "token_embedding.weight",
+              "positional_embedding", "transformer.resblocks.0.mlp.c_fc.weight", "ln_final.weight", "text_projection",
+              "logit_scale"):
+        assert k in sd, k
+    # the top-level entries of OpenAI's archives, with ViT-B/32's values; patch 32 at 224 px -> 7x7 + 1 tokens
+    assert {k: int(sd[k]) for k in ("input_resolution", "context_length", "vocab_size")} == \
+        {"input_resolution": 224, "context_length": 77, "vocab_size": 49408}
+    assert sd["visual.conv1.weight"].shape[-1] == 32 and sd["visual.positional_embedding"].shape[0] == 50
+    assert sd["token_embedding.weight"].shape[0] == 49408 and sd["positional_embedding"].shape[0] == 77
+    assert sd["visual.conv1.weight"].dtype == torch.float16 and "attn_mask" not in sd
+
+
+def test_openai_file_loads_through_load_clip_with_the_study_block(openai_standin):
+    """Before: the built-in ViT-B-32 architecture was instantiated and the stand-in's weights did not fit."""
+    import open_clip
+
+    from ranke.metrics.clip_score import clip_convention
+
+    cfg = {**STUDY_CLIP, "weights": str(openai_standin)}
+    clip = load_clip(cfg)
+    assert clip.image_size == 224 and clip.embed_dim == 64  # the architecture comes from the file
+    acts = [m for m in clip.model.modules() if isinstance(m, (open_clip.transformer.QuickGELU, torch.nn.GELU))]
+    assert acts and all(isinstance(m, open_clip.transformer.QuickGELU) for m in acts)  # QuickGELU active
+    assert clip_convention(cfg) == "100 x mean cosine, OpenAI ViT-B/32 (QuickGELU), prefix 'A photo depicts '"
+    sd = _archive_state_dict(openai_standin)
+    for k, v in clip.model.state_dict().items():
+        assert torch.equal(v, sd[k].float()), k
+    assert clip.mean.flatten().tolist() == pytest.approx([0.48145466, 0.4578275, 0.40821073])
+    tokens = clip.tokenize(["a cat"])
+    assert tokens.shape == (1, 77) and torch.equal(tokens, clip.tokenizer(["A photo depicts a cat"]))
+    images = torch.rand(2, 3, 224, 224) * 2 - 1
+    assert torch.isfinite(clip.score(images, ["a cat", "a dog"])).all()
+
+
+def test_openai_state_dict_file_and_fp16_load_too(openai_standin, tmp_path, tiny_clip_files):
+    from ranke.models.clip import is_openai_format, is_torchscript_archive
+
+    # an open_clip state dict (no OpenAI entries) keeps the architecture named by the config
+    assert not is_openai_format(tiny_clip_files[1]["weights"])
+
+    plain = tmp_path / "openai-state-dict.pt"
+    torch.save(dict(_archive_state_dict(openai_standin)), plain)  # the archive's state dict as a plain file
+    assert is_openai_format(plain) and not is_torchscript_archive(plain)
+    a, b = load_clip({**STUDY_CLIP, "weights": str(openai_standin)}), load_clip({**STUDY_CLIP, "weights": str(plain)})
+    assert all(torch.equal(v, b.model.state_dict()[k]) for k, v in a.model.state_dict().items())
+
+    half = load_clip({**STUDY_CLIP, "weights": str(openai_standin)}, precision="fp16")
+    assert half.model.visual.conv1.weight.dtype == torch.float16  # as OpenAI's clip.load on cuda
+    assert half.model.ln_final.weight.dtype == torch.float32
+    images = torch.rand(2, 3, 224, 224) * 2 - 1
+    torch.testing.assert_close(half.embed_images(images), a.embed_images(images), rtol=0, atol=2e-2)
+
+
+def test_openai_file_with_gelu_config_is_refused(openai_standin):
+    with pytest.raises(ValueError, match="QuickGELU"):
+        load_clip({**STUDY_CLIP, "model": "ViT-B-32", "quick_gelu": False, "weights": str(openai_standin)})

@@ -82,6 +82,25 @@ def test_fid_self_zero_and_increasing_with_noise():
     assert 0 < values[0] < values[1] < values[2], values
 
 
+@pytest.mark.parametrize("n_1, n_2, dim", [(400, 300, 64), (8, 12, 64), (5, 300, 64)])
+def test_frechet_distance_equals_torch_fidelitys(n_1, n_2, dim):
+    """Our symmetric trace term gives torch-fidelity's value (general eigen-solve of Sigma_1 Sigma_2),
+    for full-rank and for rank-deficient covariances (few samples, as in a small study), with the
+    reference's square root computed here or cached. (Rank-deficient products have many eigenvalues
+    that are zero up to rounding; their square roots differ between the two solvers at 1e-9.)"""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
+    rng = np.random.default_rng(n_1 + n_2)
+    mix = rng.standard_normal((dim, dim))
+    a = torch.from_numpy(rng.standard_normal((n_1, dim)) @ mix)
+    b = torch.from_numpy(rng.standard_normal((n_2, dim)) @ mix.T + 0.3)
+    s1, s2 = fid.fid_statistics(a), fid.fid_statistics(b)
+    expected = fid_statistics_to_metric(s1, s2, False)[KEY_METRIC_FID]
+    assert fid.frechet_distance(s1, s2) == pytest.approx(expected, rel=1e-8)
+    cached = dict(s2, sigma_sqrt=fid.covariance_sqrt(s2["sigma"]))
+    assert fid.frechet_distance(s1, cached) == pytest.approx(expected, rel=1e-8)
+
+
 def test_frechet_distance_matches_closed_form_for_diagonal_gaussians():
     # diagonal covariances commute: FID = |mu1-mu2|^2 + sum (sqrt(s1) - sqrt(s2))^2
     s1 = {"mu": np.array([0.0, 1.0, 2.0]), "sigma": np.diag([1.0, 4.0, 9.0])}
@@ -113,14 +132,20 @@ def test_missing_weights_errors_name_the_key_and_path(tmp_path):
         fid.load_fid_extractor({"extractor": "no-such-net", "weights": None}, "cpu")
 
 
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("inception") / "inception-random.pth"
+    fid.write_random_inception_weights(path, seed=0)
+    return path
+
+
 def test_download_function_is_guarded():
     with pytest.raises(fid.DownloadBlockedError, match="never downloads"):
         tf_inception.load_state_dict_from_url("https://example.invalid/w.pth")
 
 
-def test_inception_from_local_weights_never_downloads(tmp_path, monkeypatch):
-    weights = tmp_path / "inception-random.pth"
-    fid.write_random_inception_weights(weights, seed=0)
+def test_inception_from_local_weights_never_downloads(inception_weights, monkeypatch):
+    weights = inception_weights
     calls = []
 
     def blocked(*a, **k):
@@ -241,3 +266,128 @@ def test_matches_torch_fidelity_calculate_metrics():
     ex = fid.load_fid_extractor({"extractor": TINY, "weights": None}, "cpu")
     ours = fid.fid_from_uint8(ex, [a], fid.fid_statistics(ex.features(b)))
     assert ours == pytest.approx(lib, rel=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# FID protocol "clean": PIL-bicubic resize to 299 in float, torch-fidelity's Inception on float input
+
+
+def _pil_float_bicubic(images: torch.Tensor, size) -> np.ndarray:
+    """clean-fid's "clean" resize, per channel with PIL itself: (B, C, H, W) -> (B, C, h, w) float32."""
+    out_h, out_w = (size, size) if isinstance(size, int) else size
+    return np.stack([np.stack([np.asarray(Image.fromarray(ch.numpy().astype(np.float32), mode="F")
+                                          .resize((out_w, out_h), Image.BICUBIC)) for ch in img]) for img in images])
+
+
+@pytest.mark.parametrize("in_hw, out_hw", [
+    ((256, 256), (299, 299)),   # the LlamaGen evaluation: 256 px images to Inception's 299
+    ((384, 384), (299, 299)),   # Janus' 384 px: downscale (PIL stretches the kernel: antialiased)
+    ((200, 310), (299, 299)),   # non-square, up in one axis and down in the other
+    ((16, 24), (299, 299)),     # strong upscale (the test images of this file)
+    ((299, 299), (299, 299)),   # identity
+    ((64, 48), (37, 101)),      # other output sizes, both ways
+])
+def test_resize_matches_pil_float_bicubic(in_hw, out_hw):
+    """Tolerance 1e-4 (pixel values 0..255): PIL accumulates in double and stores float32 between
+    the passes, as we do; only the summation order may differ. Measured: 0 (bit-exact)."""
+    g = torch.Generator().manual_seed(sum(in_hw))
+    images = torch.randint(0, 256, (2, 3, *in_hw), generator=g, dtype=torch.uint8)  # sharp: overshoots
+    ours = fid.resize_bicubic_like_pil(images.float(), out_hw)
+    assert ours.dtype == torch.float32 and ours.shape == (2, 3, *out_hw)
+    np.testing.assert_allclose(ours.numpy(), _pil_float_bicubic(images, out_hw), rtol=0, atol=1e-4)
+
+
+def test_clean_input_is_clipped_pil_resize_and_weights_are_pils():
+    images = torch.randint(0, 256, (1, 3, 20, 30), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    x = fid.clean_inception_input(images)
+    expected = np.clip(_pil_float_bicubic(images, 299), 0, 255)
+    assert x.shape == (1, 3, 299, 299) and 0 <= x.min() and x.max() <= 255
+    assert (_pil_float_bicubic(images, 299) > 255).any()  # the clip is exercised
+    np.testing.assert_allclose(x.numpy(), expected, rtol=0, atol=1e-4)
+    # rows are normalised; an identity resize is the identity matrix
+    w = fid.pil_bicubic_weights(256, 299)
+    assert torch.allclose(w.sum(1), torch.ones(299, dtype=torch.float64), atol=1e-12)
+    assert torch.equal(fid.pil_bicubic_weights(7, 7), torch.eye(7, dtype=torch.float64))
+    with pytest.raises(ValueError, match="uint8"):
+        fid.clean_inception_input(images.float())
+
+
+def test_clean_network_equals_torch_fidelity_forward_at_299(inception_weights):
+    """For uint8 images already at 299x299 torch-fidelity's TF1 resize is the identity, so its own
+    forward and our float path must give the same 2048-d features."""
+    tf_net = tf_inception.FeatureExtractorInceptionV3(fid.INCEPTION, ["2048"],
+                                                      feature_extractor_weights_path=str(inception_weights))
+    clean_net = fid.CleanInceptionV3(fid.INCEPTION, ["2048"], feature_extractor_weights_path=str(inception_weights))
+    images = _noisy(_images(2, size=299, seed=4), 30)
+    with torch.no_grad():
+        (theirs,), (ours,) = tf_net(images), clean_net(images.float())
+    assert theirs.shape == (2, 2048) and theirs.abs().sum() > 0
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="299"):
+        clean_net(images[..., :298].float())
+    with pytest.raises(ValueError, match="2048"):
+        fid.CleanInceptionV3(fid.INCEPTION, ["768"], feature_extractor_weights_path=str(inception_weights))
+
+
+def test_protocols_feed_inception_as_they_say(inception_weights, monkeypatch):
+    """clean: features of the clipped PIL-bicubic (float) image; torch-fidelity: the library's own forward
+    (TF1 bilinear inside). Reference for clean: torch-fidelity's own forward with its resize step
+    replaced by PIL's float resize + clip, i.e. clean-fid's definition run through the library's code."""
+    images = _noisy(_images(2, size=24, seed=8), 40)
+    cfg = {"extractor": fid.INCEPTION, "weights": str(inception_weights)}
+    clean = fid.load_fid_extractor(cfg, "cpu")  # the default protocol
+    legacy = fid.load_fid_extractor(cfg, "cpu", protocol="torch-fidelity")
+    assert (clean.protocol, legacy.protocol) == ("clean", "torch-fidelity")
+    assert type(legacy.module) is tf_inception.FeatureExtractorInceptionV3  # the library's own forward
+    assert "PIL-bicubic" in clean.preprocessing and "TF1-style bilinear" in legacy.preprocessing
+    ours_clean, ours_legacy = clean.features(images), legacy.features(images)
+
+    pil = torch.from_numpy(np.clip(_pil_float_bicubic(images, 299), 0, 255))
+    monkeypatch.setattr(tf_inception, "interpolate_bilinear_2d_like_tensorflow1x", lambda x, **k: pil.clone())
+    with torch.no_grad():
+        clean_fid_definition = legacy.module(images)[0]
+    scale = clean_fid_definition.abs().mean()
+    assert scale > 0.1  # the stand-in's features are of order 1 (write_random_inception_weights)
+    torch.testing.assert_close(ours_clean, clean_fid_definition, rtol=1e-4, atol=1e-4 * scale)
+    assert (ours_clean - ours_legacy).abs().mean() > 1e-2 * scale  # the protocols really differ
+
+    with pytest.raises(ValueError, match="protocol"):
+        fid.load_fid_extractor(cfg, "cpu", protocol="legacy")
+    tiny = fid.load_fid_extractor({"extractor": TINY, "weights": None}, "cpu", protocol="clean")
+    assert tiny.protocol is None and "does not apply" in tiny.preprocessing  # Inception only
+
+
+def test_protocol_enters_cache_key_and_metadata(tmp_path, inception_weights):
+    root = _coco(tmp_path / "coco", n=2)
+
+    def cfg(extractor, protocol=None, weights=None):
+        c = _ref_cfg(root)
+        c["assets"]["fid"] = {"extractor": extractor, "weights": weights}
+        if protocol is not None:
+            c["score"]["fid_protocol"] = protocol
+        return c
+
+    inc = str(inception_weights)
+    keys = {p: fr.reference_key_from_config(cfg(fid.INCEPTION, p, inc)) for p in (None, "clean", "torch-fidelity")}
+    assert keys[None] == keys["clean"] and keys["clean"].endswith("_16px_inception-v3-compat_clean")
+    assert keys["torch-fidelity"].endswith("_16px_inception-v3-compat_torch-fidelity")
+    # the protocol does not apply to other extractors: same key, no protocol in the settings
+    assert fr.reference_key_from_config(cfg(TINY, "clean")) == fr.reference_key_from_config(cfg(TINY, "torch-fidelity"))
+    assert fr.reference_settings(cfg(TINY, "clean"))["fid_protocol"] is None
+    with pytest.raises(ValueError, match="score.fid_protocol"):
+        fr.reference_key_from_config(cfg(TINY, "bilinear"))
+
+    clean_cfg, legacy_cfg = cfg(fid.INCEPTION, "clean", inc), cfg(fid.INCEPTION, "torch-fidelity", inc)
+    out = tmp_path / f"{keys['clean']}.pt"
+    ref = fr.ensure_reference(clean_cfg, out)
+    assert ref["meta"]["fid_protocol"] == "clean" and "PIL-bicubic" in ref["meta"]["preprocessing"]
+    assert "fid_protocol" in fr.MATCH_FIELDS
+    with pytest.raises(fr.ReferenceMismatchError, match="fid_protocol: file has 'clean', asked 'torch-fidelity'"):
+        fr.load_reference(out, fr.expected_metadata(legacy_cfg))
+    # the statistics are those of the clean features of the LANCZOS-resized images
+    from ranke.data.coco import EVAL, load_image
+
+    direct = torch.stack([load_image(root / "val2014" / f"COCO_val2014_{i:012d}.png", 16, EVAL) for i in range(2)])
+    ex = fid.load_fid_extractor(clean_cfg["assets"]["fid"], "cpu", protocol="clean")
+    stats = fid.fid_statistics(ex.features(direct))
+    np.testing.assert_allclose(stats["mu"], ref["mu"], rtol=1e-5, atol=1e-6)

@@ -128,9 +128,14 @@ def test_score_end_to_end_offline(tmp_path, monkeypatch):
     rows = back.set_index("metric")
     fid_details = json.loads(rows.loc["fid", "details"])
     assert rows.loc["fid", "extractor"] == "clip-image" and fid_details["label"] == "FID (demo CLIP features)"
+    # score.fid_protocol is Inception's: the demo extractor resizes its own way, and says so
+    assert fid_details["fid_protocol"] == "not applicable to clip-image"
+    assert "own resize" in fid_details["preprocessing"]
     clip_details = json.loads(rows.loc["clip_score", "details"])
     assert clip_details["decoder"] == "online" and clip_details["n_prompts"] == 6 and clip_details["cfg_scale"] == 4.0
     assert clip_details["convention"].startswith("100 x mean cosine")
+    assert clip_details["precision"] == "fp32"  # auto on the CPU
+    assert clip_details["image_resize"] == "bicubic, align_corners=False, no antialias to 16"
 
     # independent recomputation of CLIP score, reward and code KL from the same decoder
     from ranke.models.backbone import build_vq
@@ -232,3 +237,41 @@ def test_score_janus_backbone_base_and_round_decoder(tmp_path):
     assert np.isfinite(b).all() and np.isfinite(r).all()
     assert b["code_kl"] == r["code_kl"] and b["code_kl_real_floor"] == 0.0
     assert b["fid"] != r["fid"]
+
+
+def test_score_inception_fid_protocol_and_clip_precision(tmp_path, monkeypatch):
+    """The protocol reaches the extractor, the reference key/metadata and the fid details; a clean
+    reference is refused for torch-fidelity-protocol samples; score.clip_precision reaches the model."""
+    from ranke.metrics import fid
+    from ranke.metrics.fid import INCEPTION, write_random_inception_weights
+
+    # plumbing only: the 2048-d Frechet distance (an eigen-decomposition of 2048 x 2048, tens of
+    # seconds on a busy CPU) is replaced by the squared distance of the means
+    monkeypatch.setattr(fid, "frechet_distance", lambda a, b: float(np.sum((a["mu"] - b["mu"]) ** 2)))
+
+    cfg, paths, _, _ = _world(tmp_path)
+    weights = tmp_path / "inception.pth"
+    write_random_inception_weights(weights)
+    cfg = {**cfg, "assets": {**cfg["assets"], "fid": {"extractor": INCEPTION, "weights": str(weights)}},
+           "score": {**cfg["score"], "fid_protocol": "clean", "clip_precision": "fp16",
+                     "fid_reference": {**cfg["score"]["fid_reference"], "n": 2}}}  # few images: Inception is slow
+    key = reference_key_from_config(cfg)
+    assert key.endswith("_inception-v3-compat_clean")
+    ref = tmp_path / "fid" / f"{key}.pt"
+    ensure_reference(cfg, ref)
+    paths = {**paths, "fid_ref_path": ref}
+    df = score_mod.score(cfg, "base", 0, checkpoint="base", out_path=tmp_path / "inc.parquet", **paths)
+    rows = df.set_index("metric")
+    fid_details = json.loads(rows.loc["fid", "details"])
+    assert fid_details["fid_protocol"] == "clean" and fid_details["reference"] == key
+    assert "PIL-bicubic" in fid_details["preprocessing"] and fid_details["label"] == "FID (Inception)"
+    assert np.isfinite(rows.loc["fid", "value"]) and rows.loc["fid", "value"] > 0
+    assert json.loads(rows.loc["clip_score", "details"])["precision"] == "fp16"
+
+    legacy = {**cfg, "score": {**cfg["score"], "fid_protocol": "torch-fidelity"}}
+    assert reference_key_from_config(legacy) != key
+    with pytest.raises(ReferenceMismatchError, match="fid_protocol"):
+        score_mod.score(legacy, "base", 0, checkpoint="base", out_path=tmp_path / "x.parquet", **paths)
+    with pytest.raises(ValueError, match="score.clip_precision"):
+        score_mod.score({**cfg, "score": {**cfg["score"], "clip_precision": "int8"}}, "base", 0, checkpoint="base",
+                        out_path=tmp_path / "x.parquet", **paths)

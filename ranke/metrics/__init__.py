@@ -5,7 +5,8 @@ PIL work in the hot path):
 
 * generated images are quantised exactly like the upstream evaluation writes PNGs:
   uint8 = clamp(127.5 * v + 128, 0, 255) truncated (v in [-1, 1]);
-* FID feature extractors take those uint8 tensors (B, 3, H, W), as torch-fidelity expects;
+* FID feature extractors take those uint8 tensors (B, 3, H, W), as torch-fidelity expects (the
+  clean FID protocol resizes them in float first: ranke.metrics.fid);
 * CLIP takes the same quantised pixels mapped back to [-1, 1].
 """
 
@@ -25,10 +26,14 @@ def uint8_to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 127.5 - 1.0
 
 
-def resize_batch(images: torch.Tensor, size: int, mode: str = "bicubic") -> torch.Tensor:
-    """Batched square resize of float images on their device (antialiased when shrinking)."""
+def resize_batch(images: torch.Tensor, size: int, mode: str = "bicubic", *, antialias: bool = True) -> torch.Tensor:
+    """Batched square resize of float images on their device (F.interpolate, align_corners=False).
+
+    Callers pass `antialias` explicitly because they follow different references: the CLIP score
+    follows the official evaluation (bicubic, no antialias), the demo's clip-image FID extractor
+    antialiases (the default, kept for older callers such as bench/score.py)."""
     if images.shape[-2:] == (size, size):
         return images
-    antialias = mode in ("bilinear", "bicubic")
-    return F.interpolate(images, size=(size, size), mode=mode, align_corners=False if antialias else None,
-                         antialias=antialias)
+    if mode not in ("bilinear", "bicubic"):
+        raise ValueError(f"resize mode must be bilinear or bicubic, got {mode!r}")
+    return F.interpolate(images, size=(size, size), mode=mode, align_corners=False, antialias=antialias)
