@@ -1,15 +1,23 @@
-"""Janus-Pro backbone on a tiny random-init Janus (JanusConfig, offline tokenizer; no download)."""
+"""Janus-Pro backbone on a tiny random-init Janus (JanusConfig, offline tokenizer; no download).
+
+Both on-disk layouts are covered: transformers' (`write_tiny_janus`) and DeepSeek's original
+MultiModalityCausalLM layout (`write_standin_janus_original`), written from the same seed, so
+the two must load into identical modules and behave identically.
+"""
 
 from __future__ import annotations
 
 import copy
+import json
+import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ranke.models.factory import build_backbone
-from ranke.models.janus import (JanusBackbone, JanusCond, nearest_codes_cosine, unconditional_ids,
+from ranke.models.janus import (DeepSeekPromptEncoder, JanusBackbone, JanusCond, deepseek_sft_prompt,
+                                janus_layout, nearest_codes_cosine, unconditional_ids, write_standin_janus_original,
                                 write_tiny_janus)
 
 IMAGE = 64  # 4 x 4 = 16 image tokens, codebook 64 x 8
@@ -32,6 +40,17 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture()
 def bb(tiny_dir):
     return JanusBackbone.from_config({"janus": {"path": str(tiny_dir), "dtype": "float32"}}, IMAGE, "cpu")
+
+
+@pytest.fixture(scope="module")
+def orig_dir(tmp_path_factory):
+    # same arguments (seed 0) as tiny_dir: the same weights and tokenizer in the original layout
+    return write_standin_janus_original(tmp_path_factory.mktemp("janus_orig") / "orig", image_size=IMAGE)
+
+
+@pytest.fixture()
+def obb(orig_dir):
+    return JanusBackbone.from_config({"janus": {"path": str(orig_dir), "dtype": "float32"}}, IMAGE, "cpu")
 
 
 def sharpen(policy, scale=300.0):
@@ -156,6 +175,259 @@ def test_decode_and_decode_soft(bb):
     torch.testing.assert_close(bb.decode_soft(bb.vq, probs, one_hot_idx), img, atol=1e-5, rtol=1e-5)
     mixed = bb.decode_soft(bb.vq, torch.full((2, 16, 2), 0.5), one_hot_idx)
     assert (mixed - img).abs().max() > 1e-4
+
+    # normalize_rows=False: the raw codebook rows, as the official LASC mixes them
+    rows = bb.vq.quantize.embedding.weight
+    norms = rows.norm(dim=-1)
+    assert (norms - 1).abs().min() > 0.1  # raw and normalised rows really differ here
+    raw = bb.decode_soft(bb.vq, probs, one_hot_idx, normalize_rows=False)
+    with torch.no_grad():
+        z = rows[codes].view(2, 4, 4, -1).permute(0, 3, 1, 2)
+        expected = bb.vq.decoder(bb.vq.post_quant_conv(z)).clamp(-1, 1)
+    torch.testing.assert_close(raw, expected, atol=1e-5, rtol=1e-5)
+    assert (raw - img).abs().max() > 1e-3
+    assert torch.equal(bb.decode_soft(bb.vq, probs, one_hot_idx, normalize_rows=True),
+                       bb.decode_soft(bb.vq, probs, one_hot_idx))
+
+
+def test_encode_prompts_accepts_and_ignores_zero_padding(bb):
+    cond = bb.encode_prompts(CAPTIONS)
+    for flag in (True, False):
+        other = bb.encode_prompts(CAPTIONS, zero_padding=flag)
+        assert torch.equal(other.ids, cond.ids) and torch.equal(other.mask, cond.mask)
+    assert not cond.mask.all()  # there is padding that the flag could have touched
+
+
+# ----------------------------------------------------------------------------------------------
+# The original DeepSeek layout (MultiModalityCausalLM)
+
+ORIGINAL_FILES = {"config.json", "pytorch_model.bin", "tokenizer.json", "tokenizer_config.json",
+                  "special_tokens_map.json", "processor_config.json", "preprocessor_config.json"}
+
+
+def test_original_standin_layout_and_loading(orig_dir, tiny_dir, bb, obb):
+    # -- the directory is in the original layout
+    assert {f.name for f in orig_dir.iterdir()} == ORIGINAL_FILES
+    assert (janus_layout(orig_dir), janus_layout(tiny_dir)) == ("original", "transformers")
+    config = json.loads((orig_dir / "config.json").read_text())
+    assert config["model_type"] == "multi_modality" and config["architectures"] == ["MultiModalityCausalLM"]
+    assert {k: config[k]["cls"] for k in ("vision_config", "aligner_config", "gen_vision_config",
+                                           "gen_aligner_config", "gen_head_config")} == {
+        "vision_config": "CLIPVisionTower", "aligner_config": "MlpProjector", "gen_vision_config": "VQ-16",
+        "gen_aligner_config": "MlpProjector", "gen_head_config": "vision_head"}
+    assert config["language_config"]["model_type"] == "llama"
+    assert (orig_dir / "pytorch_model.bin").stat().st_size < 4_000_000
+    keys = set(torch.load(orig_dir / "pytorch_model.bin", weights_only=True))
+    assert {"language_model.model.embed_tokens.weight", "language_model.model.layers.1.mlp.down_proj.weight",
+            "language_model.model.norm.weight", "language_model.lm_head.weight", "gen_embed.weight",
+            "gen_aligner.layers.0.weight", "gen_aligner.layers.2.bias", "gen_head.output_mlp_projector.weight",
+            "gen_head.vision_head.bias", "gen_vision_model.encoder.conv_blocks.4.attn.0.q.weight",
+            "gen_vision_model.encoder.conv_blocks.0.downsample.conv.weight", "gen_vision_model.decoder.mid.1.k.bias",
+            "gen_vision_model.decoder.conv_blocks.0.upsample.conv.weight", "gen_vision_model.quantize.codebook_used",
+            "vision_model.vision_tower.blocks.0.attn.qkv.weight", "vision_model.vision_tower.pos_embed",
+            "vision_model.vision_tower.attn_pool.latent", "aligner.layers.2.weight"} <= keys
+    assert not any(k.startswith(("model.", "lm_head")) for k in keys)
+
+    # -- it loads into the same modules with the same weights (same seed as tiny_dir)
+    assert (obb.layout, bb.layout) == ("original", "transformers")
+    assert obb.vq_file == str(orig_dir / "pytorch_model.bin") and obb.grid == (4, 4) and obb.codebook_size == 64
+    assert not any(n.startswith(("vision_model", "aligner", "lm_head")) for n, _ in obb.policy.named_parameters())
+    for a, b in ((bb.policy, obb.policy), (bb.vq, obb.vq)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert obb.policy.language_model.config._attn_implementation == "sdpa"
+    assert not any(p.requires_grad for p in obb.vq.encoder.parameters())
+    assert obb.vq.decoder.conv_out.weight.requires_grad
+
+    # -- the official prompt format gives the transformers processor's ids for the same tokenizer
+    assert isinstance(obb.text, DeepSeekPromptEncoder)
+    captions = [*CAPTIONS, "  a blue square at the top  "]
+    assert [obb.text.format(c) for c in captions] == [bb.text.format(c) for c in captions]
+    assert deepseek_sft_prompt(" a cat ") == "<|User|>: a cat\n\n<|Assistant|>:"
+    assert deepseek_sft_prompt("") == "<|User|>:<|Assistant|>:"  # Conversation.get_prompt on an empty message
+    c_t, c_o = bb.encode_prompts(captions), obb.encode_prompts(captions)
+    assert torch.equal(c_t.ids, c_o.ids) and torch.equal(c_t.mask, c_o.mask) and not c_o.mask.all()
+    assert obb.pad_id == bb.pad_id == obb.text.tokenizer.convert_tokens_to_ids("<｜▁pad▁｜>")
+    assert (c_o.ids[:, -1] == obb.text.boi_id).all()
+    # without the prompt processor the pad id (CFG null prompt) still comes from the tokenizer files
+    assert JanusBackbone.from_config({"janus": {"path": str(orig_dir), "dtype": "float32"}}, IMAGE, "cpu",
+                                     load_text=False).pad_id == bb.pad_id
+    # a transformers model with an original-layout processor directory: processor_config.json decides
+    mixed = JanusBackbone.from_config({"janus": {"path": str(tiny_dir), "processor": str(orig_dir),
+                                                 "dtype": "float32"}}, IMAGE, "cpu")
+    assert isinstance(mixed.text, DeepSeekPromptEncoder) and torch.equal(mixed.encode_prompts(captions).ids, c_t.ids)
+
+
+# Original key -> transformers key, restated by hand from the upstream module trees (vq_model.py
+# Encoder/Decoder.conv_blocks / mid, projector.py MlpProjector, modeling_vlm.py vision_head) and
+# convert_janus_weights_to_hf.py, independently of ORIGINAL_KEY_TABLE (which both the loader and
+# the stand-in writer use, so a swapped row would otherwise round-trip unnoticed). Only randomly
+# initialised weights (no norms/biases, which start as identical ones/zeros).
+CORRESPONDENCES = [
+    ("language_model.model.embed_tokens.weight", "model.language_model.embed_tokens.weight"),
+    ("language_model.model.layers.1.self_attn.k_proj.weight", "model.language_model.layers.1.self_attn.k_proj.weight"),
+    ("language_model.model.layers.0.mlp.gate_proj.weight", "model.language_model.layers.0.mlp.gate_proj.weight"),
+    ("gen_embed.weight", "model.generation_embeddings.weight"),
+    ("gen_aligner.layers.0.weight", "model.generation_aligner.fc1.weight"),
+    ("gen_aligner.layers.2.weight", "model.generation_aligner.hidden_layers.0.weight"),
+    ("gen_head.output_mlp_projector.weight", "model.generation_head.proj_out.weight"),
+    ("gen_head.vision_head.weight", "model.generation_head.vision_head.weight"),
+    ("gen_vision_model.encoder.conv_in.weight", "model.vqmodel.encoder.conv_in.weight"),
+    ("gen_vision_model.encoder.conv_blocks.0.res.0.conv1.weight", "model.vqmodel.encoder.down.0.block.0.conv1.weight"),
+    ("gen_vision_model.encoder.conv_blocks.3.downsample.conv.weight",
+     "model.vqmodel.encoder.down.3.downsample.conv.weight"),
+    ("gen_vision_model.encoder.conv_blocks.4.attn.0.proj_out.weight",
+     "model.vqmodel.encoder.down.4.attn.0.proj_out.weight"),
+    ("gen_vision_model.encoder.mid.0.conv1.weight", "model.vqmodel.encoder.mid.block_1.conv1.weight"),
+    ("gen_vision_model.encoder.mid.1.q.weight", "model.vqmodel.encoder.mid.attn_1.q.weight"),
+    ("gen_vision_model.encoder.mid.2.conv1.weight", "model.vqmodel.encoder.mid.block_2.conv1.weight"),
+    ("gen_vision_model.encoder.conv_out.weight", "model.vqmodel.encoder.conv_out.weight"),
+    ("gen_vision_model.quant_conv.weight", "model.vqmodel.quant_conv.weight"),
+    ("gen_vision_model.quantize.embedding.weight", "model.vqmodel.quantize.embedding.weight"),
+    ("gen_vision_model.post_quant_conv.weight", "model.vqmodel.post_quant_conv.weight"),
+    ("gen_vision_model.decoder.conv_in.weight", "model.vqmodel.decoder.conv_in.weight"),
+    ("gen_vision_model.decoder.mid.0.conv2.weight", "model.vqmodel.decoder.mid.block_1.conv2.weight"),
+    ("gen_vision_model.decoder.mid.2.conv2.weight", "model.vqmodel.decoder.mid.block_2.conv2.weight"),
+    ("gen_vision_model.decoder.conv_blocks.0.res.1.conv1.weight", "model.vqmodel.decoder.up.0.block.1.conv1.weight"),
+    ("gen_vision_model.decoder.conv_blocks.0.attn.1.v.weight", "model.vqmodel.decoder.up.0.attn.1.v.weight"),
+    ("gen_vision_model.decoder.conv_blocks.0.upsample.conv.weight", "model.vqmodel.decoder.up.0.upsample.conv.weight"),
+    ("gen_vision_model.decoder.conv_blocks.4.res.0.conv2.weight", "model.vqmodel.decoder.up.4.block.0.conv2.weight"),
+    ("gen_vision_model.decoder.conv_out.weight", "model.vqmodel.decoder.conv_out.weight"),
+    ("vision_model.vision_tower.patch_embed.proj.weight", "model.vision_model.embeddings.patch_embedding.weight"),
+    ("vision_model.vision_tower.blocks.0.attn.proj.weight",
+     "model.vision_model.encoder.layers.0.self_attn.projection_layer.weight"),
+    ("vision_model.vision_tower.blocks.0.mlp.fc1.weight", "model.vision_model.encoder.layers.0.mlp.fc1.weight"),
+    ("aligner.layers.2.weight", "model.aligner.hidden_layers.0.weight"),
+]
+
+
+def test_original_standin_keys_correspond_to_transformers_keys(orig_dir, tiny_dir):
+    from safetensors.torch import load_file
+
+    orig = torch.load(orig_dir / "pytorch_model.bin", weights_only=True)
+    hf = load_file(str(tiny_dir / "model.safetensors"))
+    chosen = [hf[t] for _, t in CORRESPONDENCES]
+    # pairwise distinct, so a swapped or shifted mapping cannot pass by accident
+    assert not any(torch.equal(a, b) for i, a in enumerate(chosen) for b in chosen[i + 1:])
+    for o, t in CORRESPONDENCES:
+        assert torch.equal(orig[o], hf[t]), (o, t)
+    qkv = orig["vision_model.vision_tower.blocks.0.attn.qkv.weight"]
+    parts = [hf[f"model.vision_model.encoder.layers.0.self_attn.{x}_proj.weight"] for x in "qkv"]
+    assert torch.equal(qkv, torch.cat(parts))
+    assert torch.equal(orig["vision_model.vision_tower.pos_embed"][0],
+                       hf["model.vision_model.embeddings.position_embedding.weight"])
+
+
+def test_original_layout_behaves_identically(bb, obb):
+    """Same random weights in both layouts: tokenize, decode, sampling and log-probs agree exactly."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        # codebook rows of very different norms (cosine and Euclidean lookups disagree), in both VQs
+        rows = F.normalize(torch.randn(64, 8, generator=g), dim=-1) * torch.logspace(-2, 2, 64)[:, None]
+        for b in (bb, obb):
+            b.vq.quantize.embedding.weight.copy_(rows)
+            sharpen(b.policy)
+    images = torch.rand(3, 3, IMAGE, IMAGE, generator=g) * 2 - 1
+    codes = bb.tokenize(bb.vq, images)
+    assert torch.equal(codes, obb.tokenize(obb.vq, images)) and len(set(codes.flatten().tolist())) > 4
+    assert torch.equal(bb.decode(bb.vq, codes), obb.decode(obb.vq, codes))
+    probs = torch.softmax(torch.randn(3, 16, 4, generator=g), -1)
+    idx = torch.randint(0, 64, (3, 16, 4), generator=g)
+    for norm in (True, False):
+        assert torch.equal(bb.decode_soft(bb.vq, probs, idx, normalize_rows=norm),
+                           obb.decode_soft(obb.vq, probs, idx, normalize_rows=norm))
+
+    c_t, c_o = bb.encode_prompts(CAPTIONS).repeat_interleave(2), obb.encode_prompts(CAPTIONS).repeat_interleave(2)
+    for kw in ({"cfg_scale": 5.0, "top_k": 10}, {"cfg_scale": 1.0, "temperature": 0.7, "top_p": 0.9}):
+        s_t, lp_t = bb.sample(bb.policy, c_t, seeds=[1, 2, 3, 4], return_logprobs=True, **kw)
+        s_o, lp_o = obb.sample(obb.policy, c_o, seeds=[1, 2, 3, 4], return_logprobs=True, **kw)
+        assert torch.equal(s_t, s_o) and torch.equal(lp_t, lp_o)
+        assert len(set(s_t.flatten().tolist())) > 4
+    lp = bb.logprobs(bb.policy, c_t, s_t)
+    assert float(lp.detach().std()) > 0.3  # informative log-probs (the head was sharpened)
+    assert torch.equal(lp, obb.logprobs(obb.policy, c_o, s_t))
+
+
+def _rewrite_weights(src, dst, edit):
+    """Copy an original-layout directory, applying `edit` to its state dict."""
+    shutil.copytree(src, dst)
+    sd = torch.load(dst / "pytorch_model.bin", weights_only=True)
+    edit(sd)
+    torch.save(sd, dst / "pytorch_model.bin")
+    return {"janus": {"path": str(dst), "dtype": "float32"}}
+
+
+def test_original_layout_weight_errors_name_file_and_key(orig_dir, tmp_path):
+    def load(edit, name):
+        return JanusBackbone.from_config(_rewrite_weights(orig_dir, tmp_path / name, edit), IMAGE, "cpu",
+                                         load_text=False)
+
+    with pytest.raises(ValueError) as e:
+        load(lambda sd: sd.pop("gen_head.vision_head.bias"), "missing")
+    msg = str(e.value)
+    assert str(tmp_path / "missing" / "pytorch_model.bin") in msg and "gen_head.vision_head.bias" in msg
+    assert "missing 1 of the" in msg and "unexpected" not in msg
+
+    with pytest.raises(ValueError, match=r"pytorch_model\.bin.*unexpected keys: gen_head\.extra\.weight"):
+        load(lambda sd: sd.update({"gen_head.extra.weight": torch.zeros(2)}), "unexpected")
+
+    with pytest.raises(ValueError, match=r"pytorch_model\.bin.*wrong shape.*gen_embed\.weight \(64, 4\) "
+                                         r"\(expected \(64, 8\)\)"):
+        load(lambda sd: sd.update({"gen_embed.weight": torch.zeros(64, 4)}), "shape")
+
+    # keys the released file carries and the loader deliberately skips are not errors
+    ok = load(lambda sd: sd.update({"language_model.model.layers.0.self_attn.rotary_emb.inv_freq": torch.ones(4)}),
+              "rotary")
+    assert ok.layout == "original"
+
+    bad = tmp_path / "notjanus"
+    shutil.copytree(orig_dir, bad)
+    (bad / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ValueError, match="not a Janus config"):
+        JanusBackbone.from_config({"janus": {"path": str(bad)}}, IMAGE, "cpu")
+
+
+def test_original_layout_sharded_weights_and_vq_file(orig_dir, obb, tmp_path):
+    """pytorch_model.bin.index.json + shards loads; vq_file is the shard holding the codebook."""
+    sharded = tmp_path / "sharded"
+    shutil.copytree(orig_dir, sharded)
+    sd = torch.load(sharded / "pytorch_model.bin", weights_only=True)
+    (sharded / "pytorch_model.bin").unlink()
+    shards = {"pytorch_model-00001-of-00002.bin": {k: v for k, v in sd.items() if not k.startswith("gen_")},
+              "pytorch_model-00002-of-00002.bin": {k: v for k, v in sd.items() if k.startswith("gen_")}}
+    for name, part in shards.items():
+        torch.save(part, sharded / name)
+    weight_map = {k: name for name, part in shards.items() for k in part}
+    (sharded / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    back = JanusBackbone.from_config({"janus": {"path": str(sharded), "dtype": "float32"}}, IMAGE, "cpu",
+                                     load_text=False)
+    assert back.vq_file == str(sharded / "pytorch_model-00002-of-00002.bin")
+    for a, b in ((obb.policy, back.policy), (obb.vq, back.vq)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_original_layout_export_round_trip(orig_dir, obb, tmp_path):
+    policy, vq = copy.deepcopy(obb.policy), copy.deepcopy(obb.vq)
+    with torch.no_grad():
+        policy.generation_head.vision_head.bias.add_(1.0)
+        policy.language_model.layers[1].self_attn.o_proj.weight.mul_(2.0)
+        vq.decoder.conv_out.weight.mul_(0.5)
+    out = tmp_path / "exported"
+    obb.export_pretrained(policy, vq, out)
+    assert {f.name for f in out.iterdir()} == ORIGINAL_FILES and janus_layout(out) == "original"
+    src = torch.load(orig_dir / "pytorch_model.bin", weights_only=True)
+    dst = torch.load(out / "pytorch_model.bin", weights_only=True)
+    assert src.keys() == dst.keys()
+    assert torch.equal(dst["vision_model.vision_tower.blocks.0.attn.qkv.weight"],
+                       src["vision_model.vision_tower.blocks.0.attn.qkv.weight"])
+    assert torch.equal(dst["gen_head.vision_head.bias"], src["gen_head.vision_head.bias"] + 1.0)
+    back = JanusBackbone.from_config({"janus": {"path": str(out), "dtype": "bfloat16"}}, IMAGE, "cpu")
+    assert back.policy.dtype == torch.bfloat16 and back.vq.decoder.conv_out.weight.dtype == torch.bfloat16
+    for a, b in ((policy, back.policy), (vq, back.vq)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k].to(sb[k].dtype), sb[k]) for k in sa)
+    assert torch.equal(back.encode_prompts(CAPTIONS).ids, obb.encode_prompts(CAPTIONS).ids)
 
 
 def test_rank_step_moves_only_intended_parameters(bb):
