@@ -25,9 +25,11 @@ from torch import nn
 
 log = logging.getLogger("ranke.rewards")
 
-# OpenAI CLIP normalisation, rounded to 4 decimals as in the official RankE reward module
-CLIP_MEAN = (0.4815, 0.4578, 0.4082)
-CLIP_STD = (0.2686, 0.2613, 0.2758)
+# OpenAI CLIP's normalisation (0.48145466, 0.4578275, 0.40821073) / (0.26862954, 0.26130258,
+# 0.27577711) cut after 4 decimals (truncated, not rounded), exactly as the official RankE reward
+# module writes them (autoregressive/models/vqrl_models.py:145,149)
+CLIP_MEAN = (0.4814, 0.4578, 0.4082)
+CLIP_STD = (0.2686, 0.2613, 0.2757)
 
 
 class RewardModel:
@@ -48,12 +50,16 @@ class RewardModel:
 
     @torch.no_grad()
     def embed_texts(self, captions: list[str]) -> torch.Tensor:
+        """(B, E) text embeddings. Each new caption is embedded on its own: a batched forward's
+        result depends (in the last float bits) on the other captions of the batch and their padding,
+        so the embedding would depend on what the cache happened to hold. Alone, a caption's
+        embedding is a pure function of the caption, and a resumed round equals an uninterrupted one."""
         todo = sorted({c for c in captions if c not in self._cache})
-        if todo:
-            if len(self._cache) + len(todo) > self._cache_size:
-                self._cache.clear()
-            emb = self._embed_texts(todo).float()
-            self._cache.update({c: e for c, e in zip(todo, emb)})
+        if len(self._cache) + len(todo) > self._cache_size:
+            self._cache.clear()  # then every caption of this call is new again
+            todo = sorted(set(captions))
+        for c in todo:
+            self._cache[c] = self._embed_texts([c]).float()[0]
         return torch.stack([self._cache[c] for c in captions]).to(self.device)
 
     def __call__(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:

@@ -103,3 +103,44 @@ def test_precision_reaches_the_sampler_and_text_encoder(assets):
     assert codes32.shape == codes16.shape == (1, 16)
     with pytest.raises(ValueError, match="precision"):
         build_backbone({**cfg, "precision": "fp16"}, "cpu")
+
+
+def test_raw_padded_caption_rows_change_only_the_first_token(assets):
+    """zero_padding=False (official training rollouts) vs True (evaluation): on right-padded
+    captions only the first image token's log-prob differs (position T-1 is a padded row, whose own
+    residual stream carries it); every later token is identical. Under both scoring masks."""
+    bb = LlamaGenBackbone.from_config(assets, image_size=8, device="cpu")
+    caps = ["a red circle", "a blue square on the left"]  # 4 and 7 tokens, max_length 6: one padded
+    zeroed, raw = bb.encode_prompts(caps), bb.encode_prompts(caps, zero_padding=False)
+    assert torch.equal(zeroed.mask, raw.mask) and not zeroed.mask[0].all() and zeroed.mask[1].all()
+    codes = bb.sample(bb.policy, zeroed, seeds=[0, 1], cfg_scale=1.0)
+    for mask in ("generation", "ranke"):
+        with torch.no_grad():
+            lz, lr = bb.logprobs(bb.policy, zeroed, codes, mask=mask), bb.logprobs(bb.policy, raw, codes, mask=mask)
+        assert float((lz[0, 0] - lr[0, 0]).abs()) > 1e-4, mask
+        torch.testing.assert_close(lz[:, 1:], lr[:, 1:], atol=1e-6, rtol=0)
+        torch.testing.assert_close(lz[1], lr[1], atol=0, rtol=0)  # an unpadded caption: no padded row
+
+
+def test_decode_soft_codebook_rows_normalized_or_raw(assets):
+    """normalize_rows=True mixes the l2-normalised rows hard decoding uses; False mixes the raw
+    embedding.weight rows, as the official LASC (trainer.py:719-720)."""
+    bb = LlamaGenBackbone.from_config(assets, image_size=8, device="cpu")
+    vq = bb.vq
+    with torch.no_grad():  # trained codebooks are not unit-norm; the fresh one is
+        vq.quantize.embedding.weight.mul_(torch.linspace(0.5, 3.0, 32)[:, None])
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, 32, (2, 16, 3), generator=g)
+    probs = torch.softmax(torch.randn(2, 16, 3, generator=g), -1)
+
+    def mixed(rows):
+        z = (probs.unsqueeze(-1) * rows[idx]).sum(2)
+        return vq.decode_latents(z.transpose(1, 2).reshape(2, -1, 4, 4)).clamp(-1, 1)
+
+    with torch.no_grad():
+        raw = bb.decode_soft(vq, probs, idx, normalize_rows=False)
+        normed = bb.decode_soft(vq, probs, idx)
+        torch.testing.assert_close(raw, mixed(vq.quantize.embedding.weight), atol=1e-5, rtol=0)
+        torch.testing.assert_close(normed, mixed(torch.nn.functional.normalize(vq.quantize.embedding.weight, dim=-1)),
+                                   atol=1e-5, rtol=0)
+    assert float((raw - normed).abs().max()) > 1e-3

@@ -31,6 +31,22 @@ def test_tau_schedule_cosine_4_to_1_over_first_20_percent():
     assert all(a >= b for a, b in zip(vals, vals[1:]))
 
 
+def test_tau_schedule_anneals_over_an_integer_span_and_is_floored():
+    """Official (trainer.py:774-781): anneal_steps = int(total * ratio), tau = max(tau, 1e-4).
+    With 777 nominal steps the span is int(155.4) = 155, not 155.4."""
+    def official(step, total, start=4.0, end=1.0, ratio=0.2):
+        anneal = int(total * ratio)
+        p = min(1.0, step / anneal) if anneal > 0 else 1.0
+        return max(end + (start - end) * 0.5 * (1 + math.cos(math.pi * p)), 1e-4)
+
+    for t in range(0, 200):
+        assert tau_schedule(t, 777) == official(t, 777), t
+    assert tau_schedule(155, 777) == 1.0  # a float span of 155.4 gives 1.00005 here
+    assert tau_schedule(100, 777) == pytest.approx(1 + 3 * 0.5 * (1 + math.cos(math.pi * 100 / 155)), abs=1e-12)
+    assert tau_schedule(0, 4) == 1.0  # int(0.8) = 0 anneal steps: tau is the end value from the start
+    assert tau_schedule(30, 100, start=1.0, end=0.0) == 1e-4  # after the 20 anneal steps: floored
+
+
 def test_rank_weights_top_k_softmax_mean_one():
     r = torch.tensor([1.0, 3.0, 2.0, 0.0, 5.0, 5.0, 4.0, 6.0])
     idx, w = rank_weights(r, group_size=4, k=2, tau=1.0)
@@ -104,11 +120,22 @@ def test_adaptive_weight_is_clamped():
 def test_rank_gan_loss_weighted_mean():
     x_hat = torch.stack([torch.full((3, 2, 2), 0.5), torch.full((3, 2, 2), -1.0)]).requires_grad_(True)
     w = torch.tensor([1.5, 0.5])
-    loss = rank_gan_loss(_ConstDisc(), x_hat, w, lambda_gan=1.0)
+    loss = rank_gan_loss(_ConstDisc(), x_hat, w, lambda_gan=1.0, disc_weight=0.5)
     assert torch.allclose(loss, torch.tensor(-0.5 * (1.5 * 0.5 + 0.5 * -1.0) / 2))
     loss.backward()
     # higher-weighted image is pushed harder
     assert float(x_hat.grad[0].abs().sum()) == pytest.approx(3 * float(x_hat.grad[1].abs().sum()))
+
+
+def test_rank_gan_loss_scales_with_the_discriminator_weight():
+    """Official: -mean(w * D(x_hat)) * lambda_g * disc_weight (trainer.py:662-678): at
+    discriminator.weight 1.0 the term is twice the 0.5 that used to be hard-coded."""
+    x_hat = torch.stack([torch.full((3, 2, 2), 0.5), torch.full((3, 2, 2), -1.0)])
+    w = torch.tensor([1.5, 0.5])
+    mean_wd = (1.5 * 0.5 + 0.5 * -1.0) / 2
+    for lambda_gan, disc_weight in ((1.0, 1.0), (2.0, 1.0), (1.0, 0.25)):
+        loss = rank_gan_loss(_ConstDisc(), x_hat, w, lambda_gan=lambda_gan, disc_weight=disc_weight)
+        assert float(loss) == pytest.approx(-mean_wd * lambda_gan * disc_weight, abs=1e-7)
 
 
 def test_consistency_loss_clamps_target_and_scales():

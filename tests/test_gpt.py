@@ -61,6 +61,7 @@ def test_masks_differ_only_inside_the_caption_block():
     assert torch.equal(gen, expected_gen)
     assert torch.equal(rk[3:], gen[3:])
     assert torch.equal(rk[1:3, :3], torch.tensor([[0, 1, 1], [0, 1, 1]], dtype=torch.bool))
+    assert rk[0].tolist() == [False, True, True, False, False]  # the padded query does not see itself
     with pytest.raises(ValueError, match="generation"):
         build_attention_mask(cap, 5, "causal")
 
@@ -69,6 +70,52 @@ def small_cfg(**kw):
     base = dict(dim=32, n_layer=2, n_head=2, multiple_of=16, vocab_size=50, block_size=9, cls_token_num=6,
                 caption_dim=12)
     return GPTConfig(**{**base, **kw})
+
+
+def official_scoring_mask(caption_mask: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """(B, S, S) the official log-prob mask as trainer.py:355-364 describes it: lower-triangular,
+    the caption block all True, then AND with a key mask that is False at padded caption keys."""
+    b, t = caption_mask.shape
+    m = torch.tril(torch.ones(seq_len, seq_len, dtype=torch.bool))
+    m[:t, :t] = True
+    keys = torch.cat([caption_mask.bool(), torch.ones(b, seq_len - t, dtype=torch.bool)], dim=1)
+    return m.unsqueeze(0) & keys.unsqueeze(1)
+
+
+def test_ranke_mask_is_the_official_scoring_mask_on_right_padded_captions():
+    """No forced diagonal: on right-padded captions position T-1 (which predicts image token 0) is a
+    padded query, and seeing itself changed token 0's logits; all later tokens are unaffected."""
+    torch.manual_seed(0)
+    model = GPT(small_cfg()).eval()
+    torch.nn.init.normal_(model.output.weight, std=0.5)
+    cap = torch.arange(6)[None, :] < torch.tensor([[6], [2], [4]])  # right padding
+    emb = torch.randn(3, 6, 12) * cap[..., None]
+    codes = torch.randint(0, 50, (3, 9))
+    seq = 6 + 8
+    official = official_scoring_mask(cap, seq)
+    assert torch.equal(build_attention_mask(cap, seq, "ranke")[:, 0], official)
+
+    def logits_under(mask):  # GPT.forward with an explicit (B, S, S) mask
+        x = torch.cat([model.embed_caption(emb), model.tok_embeddings(codes[:, :-1])], dim=1)
+        return model.head(model.run_layers(x, 0, mask[:, None])[:, 5:])
+
+    with torch.no_grad():
+        ours = model(emb, cap, codes, mask="ranke")
+        want = logits_under(official)
+        forced_diagonal = logits_under(official | torch.eye(seq, dtype=torch.bool))
+    torch.testing.assert_close(ours, want, atol=1e-6, rtol=0)
+    assert float((forced_diagonal[1:, 0] - ours[1:, 0]).abs().max()) > 1e-2  # padded captions: token 0 moved
+    torch.testing.assert_close(forced_diagonal[:, 1:], ours[:, 1:], atol=1e-6, rtol=0)
+    torch.testing.assert_close(forced_diagonal[0], ours[0], atol=1e-6, rtol=0)  # unpadded caption: same
+
+
+def test_ranke_mask_keeps_a_caption_without_real_tokens_finite():
+    model = GPT(small_cfg()).eval()
+    cap = torch.zeros(1, 6, dtype=torch.bool)
+    m = build_attention_mask(cap, 14, "ranke")[0, 0]
+    assert m.any(dim=-1).all() and torch.equal(m[:6, :6], torch.eye(6, dtype=torch.bool))
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randn(1, 6, 12), cap, torch.zeros(1, 9, dtype=torch.long), mask="ranke")).all()
 
 
 def test_uncond_embedding_has_120_rows_and_first_rows_are_used():

@@ -253,7 +253,8 @@ def test_nan_loss_stops_with_clear_error_and_previous_round_intact(world, tmp_pa
 
 
 def test_two_gloo_processes_equal_one(world, tmp_path):
-    """world_size 2 (gloo, CPU): each rank takes half the prompts with their rollouts, gradients, the
+    """world_size 2 (gloo, CPU) with decoder.grad_sync global and discriminator.batchnorm sync (not
+    the official defaults): each rank takes half the prompts with their rollouts, gradients, the
     discriminator's BatchNorm statistics and the adaptive GAN weight's gradients are averaged across
     ranks, so every logged value matches the single-process run and so do the weights. Adam divides
     each gradient entry by its own magnitude, so entries whose gradient is ~1e-8 (Adam's eps) turn
@@ -266,6 +267,8 @@ def test_two_gloo_processes_equal_one(world, tmp_path):
         c["train"]["world_size"] = ws
         c["train"]["checkpoint_every"] = 1  # exercises rank-0 checkpointing + barrier
         c["train"]["discriminator"]["start_step"] = 0  # BatchNorm + adaptive weight from step 0
+        c["train"]["decoder"]["grad_sync"] = "global"
+        c["train"]["discriminator"]["batchnorm"] = "sync"
         run_round(c, "ranke", 1, None, tokens, tmp_path / f"w{ws}", tmp_path / f"o{ws}", tmp_path / f"l{ws}.parquet")
     la = read_parquet(tmp_path / "l1.parquet", "train_log").drop(columns="step_time_s")
     lb = read_parquet(tmp_path / "l2.parquet", "train_log").drop(columns="step_time_s")
@@ -279,6 +282,181 @@ def test_two_gloo_processes_equal_one(world, tmp_path):
         assert float((diffs > 2e-5).float().mean()) < 0.01, name
     sa, sb = _load(tmp_path / "o1" / "state.pt"), _load(tmp_path / "o2" / "state.pt")
     assert sa["step"] == sb["step"] == 2
+
+
+def _two_rank_steps(rank, port, cfg, tokens, tmp, n_steps) -> None:
+    """One of two gloo ranks: n_steps of a `ranke` round, then this rank's models to rank<r>.pt and
+    (rank 0) the round's outputs."""
+    import torch.distributed as dist
+
+    from ranke.train.round import Dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        r = RoundRunner(cfg, "ranke", 1, None, tokens, tmp / "work", Dist(rank, 2), torch.device("cpu"))
+        for _ in range(n_steps):
+            r.train_step()
+        torch.save({"vq": r.vq.state_dict(), "vq_ema": r.vq_ema.state_dict(), "policy": r.policy.state_dict(),
+                    "disc": r.disc.state_dict(), "opt_decoder": r.opt_decoder.state_dict()}, tmp / f"rank{rank}.pt")
+        r.write_outputs(tmp / "out", tmp / "log.parquet")
+    finally:
+        dist.destroy_process_group()
+
+
+def _equal(a: dict, b: dict, keys=None) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in (keys if keys is not None else a))
+
+
+@pytest.mark.parametrize("grad_sync", ["local", "global"])
+def test_decoder_grad_sync_across_two_gloo_ranks(world, tmp_path, grad_sync):
+    """Official (local): each rank trains its own decoder and EMA decoder on its own prompts (decoder
+    gradients never all-reduced, trainer.py:553-659 go through the unwrapped VQ), and rank 0's is
+    saved. Global: decoder gradients averaged, so the ranks' decoders are identical. In both the
+    policy and the discriminator stay synchronised."""
+    import torch.multiprocessing as mp
+
+    root, cfg = world
+    c = copy.deepcopy(cfg)
+    c["train"]["world_size"] = 2
+    c["train"]["decoder"]["grad_sync"] = grad_sync
+    c["train"]["discriminator"]["start_step"] = 0  # discriminator and adaptive weight from step 0
+    mp.start_processes(_two_rank_steps, args=(round_mod._free_port(), c, root / "tokens_train.parquet", tmp_path, 2),
+                       nprocs=2, join=True, start_method="fork")
+    r0, r1 = _load(tmp_path / "rank0.pt"), _load(tmp_path / "rank1.pt")
+    dec = [k for k in r0["vq"] if k.startswith(("decoder.", "post_quant_conv."))]
+    frozen = [k for k in r0["vq"] if k not in dec]
+    assert dec and frozen and _equal(r0["vq"], r1["vq"], frozen)
+    assert _equal(r0["policy"], r1["policy"])
+    disc_params = [k for k in r0["disc"] if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert _equal(r0["disc"], r1["disc"], disc_params)
+    if grad_sync == "local":
+        assert not _equal(r0["vq"], r1["vq"], dec) and not _equal(r0["vq_ema"], r1["vq_ema"], dec)
+        state0, state1 = r0["opt_decoder"]["state"][0], r1["opt_decoder"]["state"][0]
+        assert not torch.equal(state0["exp_avg"], state1["exp_avg"])
+    else:
+        assert _equal(r0["vq"], r1["vq"], dec) and _equal(r0["vq_ema"], r1["vq_ema"], dec)
+    saved, saved_ema = _load(tmp_path / "out" / "decoder.pt")["model"], _load(tmp_path / "out" / "decoder_ema.pt")["model"]
+    assert _equal(saved, r0["vq"], dec) and _equal(saved_ema, r0["vq_ema"], dec)
+
+
+def test_resume_with_rank_local_decoders_equals_uninterrupted_run(world, tmp_path, monkeypatch):
+    """grad_sync local, 2 gloo ranks: rank 1's decoder, EMA decoder and decoder optimizer live in
+    its own resume shard. Rank 1's decoder reaches rank 0's outputs (its rewards move the shared
+    policy, its reconstructions the shared discriminator), so a resume that gave rank 1 rank 0's
+    decoder would change rank 0's checkpoint."""
+    root, cfg = world
+    tokens = root / "tokens_train.parquet"
+    c = copy.deepcopy(cfg)
+    c["rounds"]["steps"] = 3
+    c["train"]["world_size"] = 2
+    c["train"]["checkpoint_every"] = 2
+    c["train"]["decoder"]["grad_sync"] = "local"
+    run_round(c, "ranke", 1, None, tokens, tmp_path / "w1", tmp_path / "out1", tmp_path / "log1.parquet")
+
+    calls = {"n": 0}
+    real = RoundRunner.train_step
+
+    def killed_after_two(self):  # in both ranks (forked after the patch)
+        if calls["n"] == 2:
+            raise RuntimeError("simulated kill")
+        calls["n"] += 1
+        return real(self)
+
+    monkeypatch.setattr(RoundRunner, "train_step", killed_after_two)
+    with pytest.raises(Exception, match="simulated kill"):
+        run_round(c, "ranke", 1, None, tokens, tmp_path / "w2", tmp_path / "out2", tmp_path / "log2.parquet")
+    work = tmp_path / "w2"
+    assert (work / "resume.pt").exists() and (work / "resume.rank1.step2.pt").exists()
+    assert not (tmp_path / "out2").exists()
+    monkeypatch.setattr(RoundRunner, "train_step", real)
+    run_round(c, "ranke", 1, None, tokens, work, tmp_path / "out2", tmp_path / "log2.parquet")
+
+    for name in ("policy.pt", "decoder.pt", "policy_ema.pt", "decoder_ema.pt"):
+        a, b = _load(tmp_path / "out1" / name)["model"], _load(tmp_path / "out2" / name)["model"]
+        assert a.keys() == b.keys() and _equal(a, b), name
+    sa, sb = _load(tmp_path / "out1" / "state.pt"), _load(tmp_path / "out2" / "state.pt")
+    assert _equal(sa["disc"], sb["disc"])
+    la = read_parquet(tmp_path / "log1.parquet", "train_log").drop(columns="step_time_s")
+    lb = read_parquet(tmp_path / "log2.parquet", "train_log").drop(columns="step_time_s")
+    pd.testing.assert_frame_equal(la, lb, check_exact=True)
+    assert sorted(p.name for p in work.iterdir()) == []  # resume.pt and the shards removed on success
+
+
+def test_resume_shard_holds_the_decoder_side_state_and_is_cleaned_up(world, tmp_path):
+    """A shard holds the trained decoder tensors (not the frozen encoder), their EMA and the decoder
+    optimizer; a rank keeps only the shard of the step resume.pt names, and none after the round."""
+    root, cfg = world
+    r = _runner(world, "ranke", tmp_path)
+    r.dist = round_mod.Dist(1, 2)  # shard bookkeeping of rank 1 (no collective is reached here)
+    r.decoder_sync = "local"
+    shard = r.decoder_shard()
+    assert shard["vq"].keys() == set(r._dec_names) and "encoder.conv_in.weight" not in shard["vq"]
+    assert any(n.startswith("post_quant_conv.") for n in shard["vq"])
+    (tmp_path / "work").mkdir()
+    for step in (2, 4):
+        (tmp_path / "work" / round_mod._shard_name(1, step)).write_bytes(b"")
+    r.remove_shards(keep_step=4)
+    assert [p.name for p in (tmp_path / "work").iterdir()] == ["resume.rank1.step4.pt"]
+    r.remove_shards()
+    assert not any((tmp_path / "work").iterdir())
+
+
+def test_gpt_ema_counts_optimizer_steps(world, tmp_path):
+    """Official (trainer.py:512-516): the GPT EMA runs every ema_every *optimizer* steps. With
+    ppo_epochs 2 and ema_every 2, the first training step already makes two optimizer steps."""
+    root, cfg = world
+    c = copy.deepcopy(cfg)
+    c["train"]["policy"].update(ppo_epochs=2, ema_every=2, ema_decay=0.9)
+    r = _runner(world, "policy", tmp_path, cfg=c)
+    ema0 = copy.deepcopy(r.policy_ema.state_dict())
+    r.train_step()
+    assert r.state.policy_steps == 2
+    online, ema = r.policy.state_dict(), r.policy_ema.state_dict()
+    k = "layers.0.attention.wqkv.weight"
+    assert not torch.equal(ema[k], ema0[k])
+    torch.testing.assert_close(ema[k], 0.9 * ema0[k] + 0.1 * online[k], atol=1e-7, rtol=0)
+
+
+def test_config_switches_reach_the_step(world, tmp_path, monkeypatch):
+    """train.rollout.zero_caption_padding -> encode_prompts(zero_padding=...), train.decoder.
+    lasc_codebook -> decode_soft(normalize_rows=...), train.discriminator.batchnorm -> the
+    discriminator's BatchNorm; defaults are the official behaviours; bad values are refused."""
+    from ranke.models.backbone import LlamaGenBackbone
+    from ranke.train.discriminator import SyncedBatchNorm2d
+
+    seen = {}
+    encode, decode_soft = LlamaGenBackbone.encode_prompts, LlamaGenBackbone.decode_soft
+
+    def spy_encode(self, captions, **kw):
+        seen["zero_padding"] = kw["zero_padding"]
+        return encode(self, captions, **kw)
+
+    def spy_decode_soft(self, vq, probs, idx, **kw):
+        seen["normalize_rows"] = kw["normalize_rows"]
+        return decode_soft(self, vq, probs, idx, **kw)
+
+    monkeypatch.setattr(LlamaGenBackbone, "encode_prompts", spy_encode)
+    monkeypatch.setattr(LlamaGenBackbone, "decode_soft", spy_decode_soft)
+    root, cfg = world
+    r = _runner(world, "decoder", tmp_path / "a")
+    r.train_step()
+    assert seen == {"zero_padding": False, "normalize_rows": True}
+    assert r.decoder_sync == "local" and not any(isinstance(m, SyncedBatchNorm2d) for m in r.disc.modules())
+    c = copy.deepcopy(cfg)
+    c["train"]["rollout"]["zero_caption_padding"] = True
+    c["train"]["decoder"]["lasc_codebook"] = "raw"
+    c["train"]["discriminator"]["batchnorm"] = "sync"
+    r = _runner(world, "decoder", tmp_path / "b", cfg=c)
+    r.train_step()
+    assert seen == {"zero_padding": True, "normalize_rows": False}
+    assert any(isinstance(m, SyncedBatchNorm2d) for m in r.disc.modules())
+    for section, key, bad in (("decoder", "grad_sync", "ring"), ("decoder", "lasc_codebook", "unit"),
+                              ("discriminator", "batchnorm", "group")):
+        c = copy.deepcopy(cfg)
+        c["train"][section][key] = bad
+        with pytest.raises(ValueError, match=key):
+            _runner(world, "decoder", tmp_path / "c", cfg=c)
 
 
 def test_config_yaml_train_block_is_what_run_round_reads(world, tmp_path):
@@ -297,3 +475,32 @@ def test_config_yaml_train_block_is_what_run_round_reads(world, tmp_path):
     row = read_parquet(tmp_path / "l.parquet", "train_log").iloc[0]
     assert row["phase"] == "both" and np.isfinite(row["loss_policy"]) and np.isfinite(row["loss_rank_gan"])
     assert row["tau"] == shipped["train"]["decoder"]["tau_start"]
+
+
+def test_t5_sees_the_cleaned_caption_and_the_reward_the_raw_one(world, tmp_path):
+    """assets.text_encoder.clean_captions: the official recipe cleans inside the T5 embedder only;
+    the reward (and the decoder's reward term) gets the raw caption (trainer.py:393, 441-443)."""
+    from ranke.models.caption_cleaning import t5_caption
+
+    root, base = world
+    cfg = copy.deepcopy(base)
+    cfg["assets"]["text_encoder"]["clean_captions"] = True
+    r = _runner(world, "ranke", tmp_path, cfg=cfg)
+    raw = "A GREEN square, see www.example.com!!!"
+    r.data.tokens["captions"] = [[raw] * len(c) for c in r.data.tokens["captions"]]
+    seen = {"t5": [], "reward": []}
+    tokenizer, reward = r.backbone.text.tokenizer, r.reward
+
+    def t5_tokenizer(texts, **kw):
+        seen["t5"] += list(texts)
+        return tokenizer(texts, **kw)
+
+    def recording_reward(images, captions):
+        seen["reward"] += list(captions)
+        return reward(images, captions)
+
+    r.backbone.text.tokenizer, r.reward = t5_tokenizer, recording_reward
+    for _ in range(2):  # step 1 has the discriminator on: the decoder's reward term runs too
+        r.train_step()
+    assert set(seen["t5"]) == {t5_caption(raw)} and t5_caption(raw) != raw
+    assert set(seen["reward"]) == {raw} and len(seen["reward"]) > 2 * 2 * 4

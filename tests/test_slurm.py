@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -205,8 +206,14 @@ def test_snakemake_profile_slurm_runs_rules_as_jobs(slurm_cluster, tmp_path):
 #      nothing downstream of the cancelled round.
 #   B  the same without the bad value. Expected: only what failed (and what depends on it) runs,
 #      the cancelled round resumes from its checkpoint, and every result equals the local run's.
+#   C  fault 3, the round driver dies: a round's driver (`python -m ranke round`, what the
+#      train_round rule runs, with the arguments of that round's last job and new output paths) is
+#      SIGKILLed while its SLURM job runs (suspended, so that it cannot end before the rerun looks),
+#      then rerun. Expected: the rerun reattaches to that job instead of submitting a second one,
+#      and its outputs equal the round's results from run A/B.
 
 TINY = "tests/configs/tiny.yaml"
+RESUME_FILE = "resume.pt"  # ranke.train.round.RESUME_FILE (not imported: that module loads torch)
 WORKFLOW_FILES = ["Snakefile", "config.yaml", "workflow", "envs", "tests/configs"]
 ROUND_LOG = "logs/{method}/round_{round}/train.log"  # the train_round rule's log (workflow/rules/train.smk)
 SUBMITTED_ROUND = re.compile(r"submitted round job (\d+) \((\w+)")
@@ -358,9 +365,8 @@ class RoundCanceller:
     def _run(self):
         tried = set()
         while not self._stop.is_set() and self.cancelled is None:
-            for resume in self.workdir.glob("results/*/round_*/work/*"):
-                if resume.name.startswith("."):  # a checkpoint still being written (atomic temp file)
-                    continue
+            # the resume checkpoint only: work/ also holds job.json, written at submission
+            for resume in self.workdir.glob(f"results/*/round_*/work/{RESUME_FILE}"):
                 method, round_dir = resume.parts[-4], resume.parts[-3]
                 if (method, round_dir) in tried:
                     continue
@@ -466,9 +472,13 @@ def test_pipeline_on_slurm_matches_local_and_recovers(slurm_cluster, tiny_local_
 
     # ---- identical in content to the local run
     problems = _compare_results(local, cluster)
+    assert not problems, "SLURM results differ from the local run:\n  " + "\n  ".join(problems)
+
+    # ---- run C: the round driver is killed while its job runs; the rerun reattaches
+    method = next(m["name"] for m in config["methods"] if m["mode"] != "none")
+    _killed_driver_reattaches(slurm_cluster, cluster, env, tmp_path / "driver_killed", method, timings)
     timings["total_s"] = time.monotonic() - t_start
     print(f"\nSLURM e2e timings (s): {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
-    assert not problems, "SLURM results differ from the local run:\n  " + "\n  ".join(problems)
 
 
 def _cluster_runs(slurm_cluster, cluster: Path, config: dict, env: dict, tmp_path: Path, timings: dict) -> None:
@@ -573,3 +583,61 @@ def _cluster_runs(slurm_cluster, cluster: Path, config: dict, env: dict, tmp_pat
     for job_id, name in round_jobs.items():
         assert rows[job_id]["State"] == "COMPLETED" and rows[job_id]["JobName"] == name, rows[job_id]
 
+
+def _killed_driver_reattaches(slurm_cluster, cluster: Path, env: dict, out: Path, method: str, timings: dict) -> None:
+    """Run C (see the header): one SLURM job for a driver that was killed and its rerun."""
+    from submitit.core.utils import DelayedSubmission
+    from test_launch import assert_same_round_outputs, job_log_once_running, round_runs_in, submitted_jobs, wait_for
+
+    from ranke.train.launch import JOB_RECORD
+
+    # the round's arguments as the train_round rule gave them, from its last job's submission
+    last = SUBMITTED_ROUND.findall((cluster / ROUND_LOG.format(method=method, round=1)).read_text())[-1][0]
+    kwargs = DelayedSubmission.load(cluster / "logs/submitit" / last / f"{last}_submitted.pkl").function.kwargs
+    cfg = dict(kwargs["cfg"], cluster=dict(kwargs["cfg"]["cluster"], folder=str(out / "submitit")))
+    argv = [sys.executable, "-m", "ranke", "round", "--config-json", json.dumps(cfg), "--method", method,
+            "--round", str(kwargs["round_idx"]), "--init", kwargs["init_dir"] or "base", "--tokens", kwargs["tokens_path"],
+            "--work", str(out / "work"), "--out", str(out / "checkpoint"), "--log-parquet", str(out / "train_log.parquet")]
+    # and its threads: the rule's shell gets OMP_NUM_THREADS from Snakemake, the job inherits it,
+    # and the last update's sums (so the weights) depend on the thread count
+    job_log = (cluster / "logs/submitit" / last / f"{last}_0_log.err").read_text(errors="replace")
+    env = dict(env, OMP_NUM_THREADS=re.search(r'"threads": (\d+)', job_log).group(1))
+    out.mkdir(parents=True)
+    t0 = time.monotonic()
+    driver_log = out / "driver.log"
+    with open(driver_log, "w") as fh:
+        driver = subprocess.Popen(argv, cwd=cluster, env=env, stdin=subprocess.DEVNULL, stdout=fh,
+                                  stderr=subprocess.STDOUT)
+    suspended = None
+    try:
+        record_path = out / "work" / JOB_RECORD
+        record = wait_for(lambda: record_path.exists() and json.loads(record_path.read_text()), 60, "job record",
+                          driver, driver_log)
+        wait_for(lambda: job_log_once_running(record), 120, "the round job's start", driver, driver_log)
+        subprocess.run(["scontrol", "suspend", record["job_id"]], check=True, capture_output=True, timeout=30)
+        suspended = record["job_id"]
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+        rerun = slurm_harness.BoundedRun(argv, timeout=300, cwd=cluster, env=env, log=out / "rerun.log")
+        try:
+            wait_for(lambda: "reattached to round job" in rerun.log.read_text(), 60, "reattach", rerun.proc, rerun.log)
+        finally:
+            subprocess.run(["scontrol", "resume", suspended], check=True, capture_output=True, timeout=30)
+            suspended = None
+        done = rerun.wait(timeout=300)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        if suspended:
+            subprocess.run(["scancel", suspended], capture_output=True, timeout=30)
+    timings["slurm_run_c_s"] = time.monotonic() - t0
+    job_id = record["job_id"]
+    assert done.returncode == 0, done.stdout[-4000:] + "\n" + slurm_cluster.logs()
+    assert f"reattached to round job {job_id} (SUSPENDED, slurm" in done.stdout, done.stdout[-4000:]
+    assert "submitted round job" not in done.stdout, done.stdout[-4000:]
+    # one job (one submission in the folder, one start of the round in its log), completed
+    assert submitted_jobs(out / "submitit") == [job_id] and round_runs_in(out / "submitit") == [job_id]
+    assert slurm_cluster.wait_final([job_id])[job_id]["State"] == "COMPLETED"
+    round_dir = cluster / f"results/{method}/round_1"
+    assert_same_round_outputs(round_dir / "checkpoint", round_dir / "train_log.parquet", out / "checkpoint",
+                              out / "train_log.parquet")

@@ -58,3 +58,37 @@ def test_missing_directory_and_bad_padding(tmp_path, t5_dir):
         TextEncoder(tmp_path / "no_such_t5")
     with pytest.raises(ValueError, match="padding"):
         TextEncoder(t5_dir, padding="middle")
+
+
+def test_zero_padding_false_keeps_the_raw_t5_rows(t5_dir):
+    """Official training rollouts use T5's raw outputs at padded positions (trainer.py:393-398);
+    the evaluation sampler zeroes them (sample_t2i_ddp.py:185), which stays the default."""
+    caps = ["a red circle", "a small blue square at the top"]
+    right = TextEncoder(t5_dir, max_length=8, padding="right")
+    zeroed, mask = right.encode(caps)
+    raw, mask_raw = right.encode(caps, zero_padding=False)
+    assert torch.equal(mask, mask_raw)
+    tok = right.tokenizer(caps, max_length=8, padding="max_length", truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        t5 = right.model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]).last_hidden_state
+    torch.testing.assert_close(raw, t5.float(), atol=0, rtol=0)
+    assert (raw[0, 4:].abs().sum(-1) > 0).all() and zeroed[0, 4:].abs().sum() == 0
+    torch.testing.assert_close(raw * mask[..., None], zeroed, atol=0, rtol=0)
+    # left padding moves the raw padded rows in front of the real tokens, as it moves zero rows
+    left_raw, left_mask = TextEncoder(t5_dir, max_length=8, padding="left").encode(caps, zero_padding=False)
+    n = int(mask[0].sum())
+    torch.testing.assert_close(left_raw[0], torch.cat([raw[0, n:], raw[0, :n]]), atol=0, rtol=0)
+    assert torch.equal(left_mask[0], mask[0].flip(0))
+
+
+def test_clean_captions_feeds_t5_the_officially_cleaned_caption(t5_dir):
+    """clean_captions: T5 sees the caption after the official two-pass cleaning (and only T5)."""
+    from ranke.models.caption_cleaning import t5_caption
+
+    raw = ["A RED circle, see http://example.com/x.png &amp; more!!!", "green   triangle — bottom right"]
+    cleaned = TextEncoder(t5_dir, max_length=12, clean_captions=True).encode(raw)
+    plain = TextEncoder(t5_dir, max_length=12)
+    by_hand = plain.encode([t5_caption(c) for c in raw])
+    torch.testing.assert_close(cleaned[0], by_hand[0])
+    assert torch.equal(cleaned[1], by_hand[1])
+    assert not torch.equal(plain.encode(raw)[1], cleaned[1])  # the raw caption tokenises differently

@@ -376,7 +376,8 @@ def train_gpt(cfg: dict, tokens_path: str | Path, t5_path: str | Path, out: str 
     if codes.shape[1] != grid * grid:
         raise ValueError(f"{tokens_path}: {codes.shape[1]} codes per image, but image_size {image_size} and "
                          f"assets.vq.arch give a {grid}x{grid} grid")
-    text = TextEncoder(t5_path, max_length=int(te_cfg["max_length"]), padding=te_cfg.get("padding", "right"))
+    text = TextEncoder(t5_path, max_length=int(te_cfg["max_length"]), padding=te_cfg.get("padding", "right"),
+                       clean_captions=bool(te_cfg.get("clean_captions", True)))
     gcfg = gpt_config(cfg["assets"]["gpt"]["arch"], int(vq_arch["codebook_size"]), grid * grid,
                       int(te_cfg["max_length"]))
     gcfg = dataclasses.replace(gcfg, class_dropout_prob=p_drop, token_dropout_p=0.0, resid_dropout_p=0.0,

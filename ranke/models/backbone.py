@@ -58,11 +58,17 @@ def build_vq(arch: dict) -> VQModel:
 
 
 def gpt_config(arch: dict, codebook_size: int, grid_tokens: int, cls_token_num: int = 120) -> GPTConfig:
-    """GPTConfig from config `assets.gpt.arch`: `preset` (GPT-B | GPT-L | GPT-XL | null) and/or
-    explicit GPTConfig fields (explicit non-null fields override the preset). The vocabulary,
-    the image-token count and the caption length come from the VQ / image size / text encoder."""
+    """GPTConfig from config `assets.gpt.arch`: `preset` (GPT-B | GPT-L | GPT-XL | null) or the
+    explicit sizes dim / n_layer / n_head (not both: a preset fixes them), plus other GPTConfig
+    fields. The vocabulary, the image-token count and the caption length come from the VQ / image
+    size / text encoder."""
+    from ranke.config import GPT_PRESET_SIZE_KEYS
+
     arch = {k: v for k, v in arch.items() if v is not None}
     preset = arch.pop("preset", None)
+    sizes = {k: arch[k] for k in GPT_PRESET_SIZE_KEYS if k in arch}
+    if preset and sizes:
+        raise ValueError(f"assets.gpt.arch: preset {preset} fixes {GPT_PRESET_SIZE_KEYS}; {sizes} must be null")
     fixed = dict(vocab_size=int(codebook_size), block_size=int(grid_tokens), cls_token_num=int(cls_token_num))
     clash = {k: arch[k] for k in fixed if k in arch and arch[k] != fixed[k]}
     if clash:
@@ -129,6 +135,7 @@ class LlamaGenBackbone:
             # T5 runs in bf16 on GPU (as upstream LlamaGen and the RankE scripts), fp32 on CPU
             bf16 = amp_dtype == torch.bfloat16 or (amp_dtype == "auto" and device.type == "cuda")
             text = TextEncoder(te["path"], max_length=te["max_length"], padding=te.get("padding", "right"),
+                               clean_captions=bool(te.get("clean_captions", True)),
                                device=device, dtype=torch.bfloat16 if bf16 else torch.float32)
             if load_policy and text.dim != policy.config.caption_dim:
                 raise ValueError(
@@ -143,10 +150,13 @@ class LlamaGenBackbone:
 
     # -- prompts and policy --------------------------------------------------------------------
 
-    def encode_prompts(self, captions: Sequence[str]) -> Cond:
+    def encode_prompts(self, captions: Sequence[str], *, zero_padding: bool = True) -> Cond:
+        """T5 features and mask of the captions. zero_padding: see TextEncoder.encode (evaluation
+        zeroes the padded rows as the official sampler; training rollouts keep them raw by default,
+        config train.rollout.zero_caption_padding)."""
         if self.text is None:
             raise RuntimeError("this backbone was built with load_text=False")
-        emb, mask = self.text.encode(list(captions))
+        emb, mask = self.text.encode(list(captions), zero_padding=zero_padding)
         return Cond(emb.to(self.device), mask.to(self.device))
 
     def sample(self, policy: GPT, cond: Cond, *, seeds, cfg_scale: float = 1.0, temperature: float = 1.0,
@@ -172,18 +182,22 @@ class LlamaGenBackbone:
         """codes (B, h*w) -> images (B,3,H,W) clamped to [-1, 1] (differentiable w.r.t. the decoder)."""
         return vq.decode_codes(codes, self.grid).clamp(-1, 1)
 
-    def decode_soft(self, vq: VQModel, topk_probs: torch.Tensor, topk_idx: torch.Tensor) -> torch.Tensor:
+    def decode_soft(self, vq: VQModel, topk_probs: torch.Tensor, topk_idx: torch.Tensor, *,
+                    normalize_rows: bool = True) -> torch.Tensor:
         """LASC soft decode: per position the probability-weighted mix of its top-k codebook rows.
 
         topk_probs / topk_idx (B, L, k); the probabilities are renormalised over the k entries
-        (= softmax over the top-k logits, as the official code does) and mix the l2-normalised
-        codebook rows that hard decoding uses. Returns images (B,3,H,W) clamped to [-1, 1].
+        (= softmax over the top-k logits, as the official code does). normalize_rows=True mixes the
+        l2-normalised codebook rows that hard decoding uses; False mixes the raw `embedding.weight`
+        rows, as the official LASC does (trainer.py:719-720). Returns images (B,3,H,W) clamped to
+        [-1, 1] (the official LASC decode is not clamped; LASC is off in every released run).
         """
         if topk_probs.shape != topk_idx.shape or topk_idx.dim() != 3:
             raise ValueError(f"topk_probs and topk_idx must both be (B, L, k), got {tuple(topk_probs.shape)} "
                              f"and {tuple(topk_idx.shape)}")
         w = topk_probs.float() / topk_probs.float().sum(-1, keepdim=True).clamp_min(1e-12)
-        rows = vq.quantize.codebook()[topk_idx.long()]  # (B, L, k, C)
+        codebook = vq.quantize.codebook() if normalize_rows else vq.quantize.embedding.weight
+        rows = codebook[topk_idx.long()]  # (B, L, k, C)
         z = (w.unsqueeze(-1) * rows).sum(2)  # (B, L, C)
         h, ww = self.grid
         z = z.transpose(1, 2).reshape(z.shape[0], -1, h, ww)

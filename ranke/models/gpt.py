@@ -14,8 +14,9 @@ Upstream behaviours reproduced on purpose (see ../shared/fixtures/llamagen/READM
   "generation": causal over caption + image, padded caption keys masked for every query, every
   position sees itself. This is exactly what the KV-cached sampler computes, so teacher-forced
   log-probs under it equal the sampling distribution's.
-  "ranke": the official RankE scoring mask: as above but the caption block is fully visible to
-  itself (bidirectional over the real caption tokens).
+  "ranke": the official RankE scoring mask (RankE autoregressive/post_train/trainer.py:355-364):
+  causal, the caption block fully visible to itself, padded caption keys masked for every query,
+  and no forced diagonal (a padded caption query does not see itself).
 - Caption dropout (CFG training) is explicit: `forward(..., drop_caption=bool mask)`; unlike
   upstream it never happens implicitly in train() mode, because RL post-training runs in train()
   mode and must score exactly what it sampled. Dropouts default to 0.
@@ -239,10 +240,15 @@ class TransformerBlock(nn.Module):
 def build_attention_mask(caption_mask: torch.Tensor, seq_len: int, kind: str = "generation") -> torch.Tensor:
     """(B, 1, S, S) bool attention mask (True = may attend) over caption + image positions.
 
-    caption_mask (B, T) bool marks real caption tokens. "generation": causal, padded caption keys
-    masked; "ranke": additionally the caption block sees itself bidirectionally. In both, every
-    position sees itself: this only changes the (unused) outputs of padded caption positions,
-    whose keys are masked for everyone, and avoids all-masked rows (NaN) for empty captions.
+    caption_mask (B, T) bool marks real caption tokens. Both masks are causal with the padded
+    caption keys masked for every query.
+    "generation": every position also sees itself, as the KV-cached sampler computes it (official
+    autoregressive/models/generate.py:154-163). The diagonal only matters for padded caption
+    positions; with right padding position T-1 is one of them, and it predicts image token 0.
+    "ranke": the caption block sees itself bidirectionally and there is no forced diagonal, as the
+    official scoring mask (trainer.py:355-364). The one exception is a query with no visible key at
+    all (a caption without a single real token, which T5 never gives: it always appends </s>): it
+    sees itself, where the official mask would give NaN.
     """
     if kind not in ("generation", "ranke"):
         raise ValueError(f"attention mask must be 'generation' or 'ranke', got {kind!r}")
@@ -253,7 +259,11 @@ def build_attention_mask(caption_mask: torch.Tensor, seq_len: int, kind: str = "
         m[:t, :t] = True
     m = m.expand(b, seq_len, seq_len).clone()
     m[:, :, :t] &= caption_mask.bool()[:, None, :]
-    m |= torch.eye(seq_len, dtype=torch.bool, device=dev)
+    eye = torch.eye(seq_len, dtype=torch.bool, device=dev)
+    if kind == "generation":
+        m |= eye
+    else:
+        m |= eye & ~m.any(dim=-1, keepdim=True)
     return m[:, None]
 
 

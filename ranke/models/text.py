@@ -32,7 +32,7 @@ def left_pad(emb: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 class TextEncoder:
-    """T5EncoderModel + AutoTokenizer from `path`; encode() -> (emb float32 zero on padding, mask bool)."""
+    """T5EncoderModel + AutoTokenizer from `path`; encode() -> (emb float32, mask bool)."""
 
     def __init__(
         self,
@@ -41,6 +41,7 @@ class TextEncoder:
         padding: str = "right",
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        clean_captions: bool = False,
     ):
         from transformers import AutoTokenizer, T5EncoderModel
 
@@ -53,18 +54,35 @@ class TextEncoder:
         if padding not in PADDINGS:
             raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
         self.path, self.max_length, self.padding = path, int(max_length), padding
+        # the official T5 input is the caption cleaned twice (ranke.models.caption_cleaning); the
+        # CLIP score and reward keep the raw caption, so the cleaning lives here and nowhere else
+        self.clean_captions = bool(clean_captions)
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.tokenizer.padding_side = "right"  # left padding is done on the features (see left_pad)
         self.model = T5EncoderModel.from_pretrained(path, local_files_only=True, dtype=dtype)
         self.model.to(self.device).eval().requires_grad_(False)
         self.dim = int(self.model.config.d_model)
-        log.info("text encoder %s: d_model %d, max_length %d, padding %s", path, self.dim, self.max_length, padding)
+        log.info("text encoder %s: d_model %d, max_length %d, padding %s, caption cleaning %s", path, self.dim,
+                 self.max_length, padding, "on" if self.clean_captions else "off")
 
     @torch.no_grad()
-    def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, captions: list[str], *, zero_padding: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(emb (B, T, D) float32, mask (B, T) bool) of the captions, T = max_length.
+
+        zero_padding=True zeroes the encoder outputs at padded positions, as the official evaluation
+        sampler does (RankE autoregressive/sample/sample_t2i_ddp.py:185); False keeps T5's raw
+        outputs there, as the official training rollouts do (trainer.py:393-398 through
+        T5Embedder.get_text_embeddings, no mask multiply). Padded keys are masked for every query,
+        so the raw rows only reach the model through a padded position's own residual stream.
+        Left padding moves the padded rows, raw or zero, in front of the real tokens.
+        """
         if isinstance(captions, str):
             raise TypeError("encode expects a list of captions, got a single string")
+        if self.clean_captions:
+            from ranke.models.caption_cleaning import t5_caption
+
+            captions = [t5_caption(c) for c in captions]
         tok = self.tokenizer(
             list(captions),
             max_length=self.max_length,
@@ -75,7 +93,8 @@ class TextEncoder:
         ids = tok["input_ids"].to(self.device)
         mask = tok["attention_mask"].to(self.device).bool()
         emb = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state.float()
-        emb = emb * mask[..., None]
+        if zero_padding:
+            emb = emb * mask[..., None]
         if self.padding == "left":
             emb, mask = left_pad(emb, mask)
         return emb, mask

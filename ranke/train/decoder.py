@@ -3,7 +3,7 @@
 The decoder (VQ post_quant_conv + decoder) is trained on the sum of
 * `reconstruction_loss`  GT anchor: L1 + perceptual between x and decode(codes(x)), plus the
                          VQGAN adaptive-weight hinge generator term once the discriminator is on;
-* `rank_gan_loss`        -0.5 * lambda_g * mean(w * D(x_hat)) on the top-K rollouts of each prompt;
+* `rank_gan_loss`        -lambda_g * disc_weight * mean(w * D(x_hat)) on the top-K rollouts of each prompt;
 * `consistency_loss`     lambda_c * perceptual(x_hat, clamp(EMA-decoder(same codes)));
 * `reward_loss`          -lambda_d * mean(w * reward(x_hat, y))  (reward back-propagation);
 * `lasc_loss`            lambda_lasc * MSE(decode(soft codes), stop-grad x_hat)  (off by default).
@@ -23,11 +23,14 @@ from ranke.train.discriminator import generator_hinge_loss
 
 
 def tau_schedule(step: int, nominal_steps: int, *, start: float = 4.0, end: float = 1.0, frac: float = 0.2) -> float:
-    """Cosine annealing of the rank temperature from `start` to `end` over the first `frac` of the
-    run's nominal steps, constant `end` afterwards (official: 4 -> 1 over 20 % of 4680 steps)."""
-    span = frac * nominal_steps
-    p = 1.0 if span <= 0 else min(1.0, step / span)
-    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * p))
+    """Cosine annealing of the rank temperature from `start` to `end` over the first
+    int(frac * nominal_steps) steps, constant `end` afterwards, floored at 1e-4 — the official
+    schedule (trainer.py:774-781: `anneal_steps = int(total_steps * anneal_ratio)`, then
+    `max(tau, 1e-4)`; 4 -> 1 over int(0.2 * 4680) = 936 steps in the LlamaGen CLIP run)."""
+    anneal_steps = int(nominal_steps * frac)
+    p = min(1.0, step / anneal_steps) if anneal_steps > 0 else 1.0
+    tau = end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * p))
+    return max(tau, 1e-4)
 
 
 def rank_weights(rewards: torch.Tensor, group_size: int, k: int, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,8 +60,10 @@ def adaptive_gan_weight(
 ) -> torch.Tensor:
     """VQGAN's balance between the reconstruction and the GAN gradient at the decoder's last layer:
     ||d nll / d W|| / (||d g / d W|| + 1e-4), clamped to [0, max_weight], detached.
-    `grad_reduce` (multi-process) averages the two gradients across ranks first, so the weight is
-    that of the global batch."""
+    `grad_reduce` (multi-process, train.decoder.grad_sync: global) averages the two gradients across
+    ranks first, so the weight is that of the global batch. Without it the weight comes from this
+    rank's own gradients, as in the official code (its VQ loss calls autograd.grad on the rank's
+    unwrapped decoder, see ranke.train.round)."""
     nll_grad = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
     g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
     if grad_reduce is not None:
@@ -100,12 +105,15 @@ def reconstruction_loss(
     return out
 
 
-def rank_gan_loss(disc: nn.Module, x_hat: torch.Tensor, weights: torch.Tensor, *, lambda_gan: float = 1.0) -> torch.Tensor:
-    """-0.5 * lambda_g * mean_{images, patches}(w * D(x_hat)): the generator pushes the decodes of the
-    best rollouts toward what the discriminator calls real, more strongly for higher reward."""
+def rank_gan_loss(disc: nn.Module, x_hat: torch.Tensor, weights: torch.Tensor, *, lambda_gan: float = 1.0,
+                  disc_weight: float) -> torch.Tensor:
+    """-lambda_g * disc_weight * mean_{images, patches}(w * D(x_hat)): the generator pushes the
+    decodes of the best rollouts toward what the discriminator calls real, more strongly for higher
+    reward. disc_weight is the discriminator's `weight` (official `--disc-weight`, 0.5 in the
+    scripts), which the official code multiplies in here too (trainer.py:678)."""
     logits = disc(x_hat).float()
     w = weights.detach().float().view(-1, *([1] * (logits.dim() - 1)))
-    return -0.5 * lambda_gan * (w * logits).mean()
+    return -(w * logits).mean() * lambda_gan * disc_weight
 
 
 def consistency_loss(

@@ -1,9 +1,21 @@
 """The PatchGAN discriminator of the decoder update and its hinge losses.
 
 Same design as the LlamaGen / taming-transformers NLayerDiscriminator (4x4 convs, stride 2 then 1,
-BatchNorm (synchronised across ranks, see SyncedBatchNorm2d), LeakyReLU 0.2, N(0, 0.02) init) so its state dict has the familiar `main.<i>.*` keys.
+BatchNorm, LeakyReLU 0.2) so its state dict has the familiar `main.<i>.*` keys, and the same init
+(RankE tokenizer/tokenizer_image/discriminator_patchgan.py:58-63): conv weights N(0, 0.02),
+BatchNorm weights N(1, 0.02) and biases 0, conv biases left at PyTorch's default init.
 RankE initialises it fresh (it is not the tokenizer's training discriminator) and trains it with
 real = GT images and fake = the decoder's reconstructions of those images' own codes.
+
+BatchNorm statistics across ranks (config train.discriminator.batchnorm, `build_discriminator`):
+* `local` (official): plain nn.BatchNorm2d, each rank normalises with its own images' statistics
+  (the official discriminator is an nn.BatchNorm2d module that is never converted to SyncBatchNorm;
+  4 images per GPU in the released scripts);
+* `sync`: statistics of the global batch, so W ranks compute what one process would on the whole
+  batch. On CUDA this is torch's nn.SyncBatchNorm; on CPU it is `SyncedBatchNorm2d` below, because
+  torch's SyncBatchNorm refuses CPU tensors whenever a process group is initialised ("SyncBatchNorm
+  expected input tensor to be on GPU ...", torch/nn/modules/batchnorm.py, checked with gloo).
+All three keep nn.BatchNorm2d's state-dict keys.
 """
 
 from __future__ import annotations
@@ -19,8 +31,8 @@ class SyncedBatchNorm2d(nn.BatchNorm2d):
 
     With one process it is exactly nn.BatchNorm2d (same state dict keys). With W ranks each
     holding 1/W of the batch, the per-channel sums are all-reduced (autograd-aware), so the
-    discriminator sees the statistics of the whole global batch, as one process would; unlike
-    torch's SyncBatchNorm this also works on CPU (gloo).
+    discriminator sees the statistics of the whole global batch, as one process would. It is the
+    CPU (gloo) form of `batchnorm: sync`: torch's SyncBatchNorm only accepts accelerator tensors.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,8 +63,12 @@ class SyncedBatchNorm2d(nn.BatchNorm2d):
         return y.to(x.dtype)
 
 
+BATCHNORMS = ("local", "sync")
+
+
 class PatchDiscriminator(nn.Module):
-    def __init__(self, in_channels: int = 3, ndf: int = 64, n_layers: int = 3):
+    def __init__(self, in_channels: int = 3, ndf: int = 64, n_layers: int = 3,
+                 norm: type[nn.BatchNorm2d] = nn.BatchNorm2d):
         super().__init__()
         kw, pad = 4, 1
         layers: list[nn.Module] = [
@@ -64,13 +80,13 @@ class PatchDiscriminator(nn.Module):
             prev, mult = mult, min(2**n, 8)
             layers += [
                 nn.Conv2d(ndf * prev, ndf * mult, kw, stride=2, padding=pad, bias=False),
-                SyncedBatchNorm2d(ndf * mult),
+                norm(ndf * mult),
                 nn.LeakyReLU(0.2, True),
             ]
         prev, mult = mult, min(2**n_layers, 8)
         layers += [
             nn.Conv2d(ndf * prev, ndf * mult, kw, stride=1, padding=pad, bias=False),
-            SyncedBatchNorm2d(ndf * mult),
+            norm(ndf * mult),
             nn.LeakyReLU(0.2, True),
             nn.Conv2d(ndf * mult, 1, kw, stride=1, padding=pad),
         ]
@@ -78,11 +94,12 @@ class PatchDiscriminator(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """The official init, in module order (so a seed gives the official draws): conv weights
+        N(0, 0.02), BatchNorm N(1, 0.02) / 0. Conv biases (first and last conv) keep the default
+        uniform init nn.Conv2d drew when it was built, as they do officially."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, 0.0, 0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.normal_(m.weight, 1.0, 0.02)
                 nn.init.zeros_(m.bias)
@@ -90,6 +107,22 @@ class PatchDiscriminator(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (B,3,H,W) in [-1,1] -> patch logits (B,1,h,w)."""
         return self.main(images)
+
+
+def build_discriminator(ndf: int, n_layers: int, *, batchnorm: str = "local",
+                        device: torch.device | str = "cpu") -> PatchDiscriminator:
+    """A fresh PatchGAN on `device` whose BatchNorm statistics are per rank (`local`, official) or
+    global (`sync`: torch's SyncBatchNorm on CUDA, SyncedBatchNorm2d elsewhere; see the module
+    docstring). Seed torch before calling it for a reproducible init."""
+    if batchnorm not in BATCHNORMS:
+        raise ValueError(f"train.discriminator.batchnorm must be one of {BATCHNORMS}, got {batchnorm!r}")
+    device = torch.device(device)
+    on_cuda = device.type == "cuda"
+    norm = SyncedBatchNorm2d if batchnorm == "sync" and not on_cuda else nn.BatchNorm2d
+    disc = PatchDiscriminator(3, ndf, n_layers, norm=norm).to(device)
+    if batchnorm == "sync" and on_cuda:
+        disc = nn.SyncBatchNorm.convert_sync_batchnorm(disc)
+    return disc
 
 
 def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:

@@ -17,9 +17,30 @@ train.checkpoint_every steps; a restarted round resumes from it. Batches and rol
 functions of (seed, global step), so a resumed run equals an uninterrupted one.
 
 Multi-process: train.world_size > 1 runs one process per device (DDP-style: every rank holds the
-full models, takes 1/W of the step's prompts with their G rollouts, and gradients are averaged
-across ranks before clipping, so all ranks apply identical updates). Under SLURM (submitit tasks)
-the ranks come from the environment; otherwise they are spawned here (gloo on CPU, nccl on GPU).
+full models and takes 1/W of the step's prompts with their G rollouts). Policy and discriminator
+gradients are averaged across ranks before clipping, so all ranks apply identical updates to them
+(official: both go through DDP-wrapped modules, trainer.py:369,621). The decoder follows
+train.decoder.grad_sync:
+* `local` (official): no all-reduce of decoder gradients. The official trainer calls every decoder
+  forward through `accelerator.unwrap_model(vq_model)` (trainer.py:553,618,645,659), which bypasses
+  DDP's reducer, so each rank trains its own decoder, EMA decoder and decoder optimizer state on its
+  own prompts, and the VQGAN adaptive weight uses that rank's own gradients. Rewards come from each
+  rank's own EMA decoder. Rank 0's decoder is what the round writes (official: rank 0 saves,
+  post_train.py:453-467). Resume checkpoints then hold every rank's decoder-side state: rank 0's in
+  resume.pt, rank r's in `resume.rank<r>.step<s>.pt` next to it (see `save_resume`).
+* `global`: decoder gradients and the adaptive weight's gradients are averaged across ranks, so W
+  ranks train one decoder on the global batch, as one process would.
+Difference from the official single continuous run: a round ends with a checkpoint, and the next
+round starts every rank from rank 0's saved decoder, EMA decoder and decoder optimizer state, so
+under `local` the ranks' decoders are re-synchronised at each round boundary.
+Under SLURM (submitit tasks) the ranks come from the environment; otherwise they are spawned here
+(gloo on CPU, nccl on GPU).
+
+LASC codebook rows (train.decoder.lasc_codebook): the official LASC mixes the raw
+`embedding.weight` rows (`raw`, trainer.py:719-720). The default `normalized` mixes the
+l2-normalised rows instead: hard decoding, and so every input the decoder is trained on, uses
+unit-norm rows, and a mix of raw rows lies off that input distribution by the rows' norms. LASC is
+off (lambda_lasc 0) in every released run, so no released result depends on the choice.
 """
 
 from __future__ import annotations
@@ -54,13 +75,15 @@ from ranke.train.decoder import (
     tau_schedule,
     topk_soft_codes,
 )
-from ranke.train.discriminator import PatchDiscriminator, discriminator_loss
+from ranke.train.discriminator import build_discriminator, discriminator_loss
 from ranke.train.policy import ema_update, grpo_advantages, policy_loss
 from ranke.train.rollout import TrainData, generate_rollouts, rollout_seeds, score_rollouts
 
 log = logging.getLogger("ranke.train.round")
 
 RESUME_FILE = "resume.pt"
+DECODER_SYNCS = ("local", "global")
+LASC_CODEBOOKS = ("normalized", "raw")
 LOG_COLUMNS = SCHEMAS["train_log"].names
 
 
@@ -159,6 +182,11 @@ def _set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
+def _shard_name(rank: int, step: int) -> str:
+    """Resume shard of rank `rank`'s own decoder-side state at global step `step`."""
+    return f"resume.rank{rank}.step{step}.pt"
+
+
 def _fingerprint(cfg: dict, method: str, round_idx: int, init_dir, tokens_path) -> str:
     """Identity of a round's inputs: a resume checkpoint from other inputs is not used. Where the job
     runs (cluster) and how often it checkpoints do not change the result, so they are left out."""
@@ -192,10 +220,17 @@ class Dist:
             g.copy_(flat[i : i + g.numel()].view_as(g))
             i += g.numel()
 
+    @staticmethod
+    def _comm_device() -> torch.device:
+        """Where small host values go for a collective: nccl only reduces CUDA tensors."""
+        if dist.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
     def mean(self, values: list[float]) -> list[float]:
         if self.world_size == 1:
             return values
-        t = torch.tensor(values, dtype=torch.float64)
+        t = torch.tensor(values, dtype=torch.float64, device=self._comm_device())
         dist.all_reduce(t)
         return (t / self.world_size).tolist()
 
@@ -217,11 +252,19 @@ class Dist:
         if self.world_size > 1:
             dist.barrier()
 
+    def all_true(self, flag: bool) -> bool:
+        """True on every rank iff `flag` is True on every rank (a decision all ranks must share)."""
+        if self.world_size == 1:
+            return bool(flag)
+        t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=self._comm_device())
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return bool(t.item())
+
 
 @dataclass
 class RoundState:
     step: int = 0  # global step (continues across rounds)
-    policy_steps: int = 0
+    policy_steps: int = 0  # policy optimizer steps (ppo_epochs per step), the GPT-EMA counter
     decoder_steps: int = 0
     round_steps: int = 0  # steps done in this round
     log_rows: list = field(default_factory=list)
@@ -254,6 +297,14 @@ class RoundRunner:
         self.fingerprint = _fingerprint(cfg, method, round_idx, self.init_dir, tokens_path)
         pc, dc = self.tcfg["policy"], self.tcfg["decoder"]
         self.G = int(self.tcfg["group_size"])
+        # official behaviours by default, except lasc_codebook (see the module docstring)
+        self.decoder_sync = dc.get("grad_sync", "local")
+        if self.decoder_sync not in DECODER_SYNCS:
+            raise ValueError(f"train.decoder.grad_sync must be one of {DECODER_SYNCS}, got {self.decoder_sync!r}")
+        self.lasc_codebook = dc.get("lasc_codebook", "normalized")
+        if self.lasc_codebook not in LASC_CODEBOOKS:
+            raise ValueError(f"train.decoder.lasc_codebook must be one of {LASC_CODEBOOKS}, got {self.lasc_codebook!r}")
+        self.zero_caption_padding = bool(self.tcfg.get("rollout", {}).get("zero_caption_padding", False))
 
         # models: the base assets first (they also give the fixed KL reference = the run's start)
         self.backbone = backbone if backbone is not None else build_backbone(cfg, self.device)
@@ -282,13 +333,16 @@ class RoundRunner:
         self.dec_params = list(bb.decoder_parameters(self.vq))
         for p in self.dec_params:
             p.requires_grad_(self.update_decoder)
+        dec_ids = {id(p) for p in self.dec_params}
+        self._dec_names = [n for n, p in self.vq.named_parameters() if id(p) in dec_ids]  # resume shards
         self.policy_params = list(self.policy.parameters())
         if self.tcfg.get("gradient_checkpointing") and self.update_policy:
             enable_gradient_checkpointing(self.policy)
 
         dcfg = self.tcfg["discriminator"]
         torch.manual_seed(self.seed)  # fresh discriminator init (N(0, 0.02)) is seeded
-        self.disc = PatchDiscriminator(3, int(dcfg["ndf"]), int(dcfg["n_layers"])).to(self.device)
+        self.disc = build_discriminator(int(dcfg["ndf"]), int(dcfg["n_layers"]),
+                                        batchnorm=dcfg.get("batchnorm", "local"), device=self.device)
         self.opt_policy = torch.optim.AdamW(self.policy_params, lr=float(pc["lr"]), weight_decay=float(pc["weight_decay"]))
         self.opt_decoder = torch.optim.AdamW(self.dec_params, lr=float(dc["lr"]), weight_decay=float(dc["weight_decay"]))
         self.opt_disc = torch.optim.AdamW(self.disc.parameters(), lr=float(dcfg["lr"]), weight_decay=float(dcfg["weight_decay"]))
@@ -325,10 +379,7 @@ class RoundRunner:
             if sd is None:
                 continue
             if used:
-                hyper = [(g["lr"], g["weight_decay"]) for g in opt.param_groups]
-                opt.load_state_dict(sd)
-                for g, (lr, wd) in zip(opt.param_groups, hyper):  # this round's config wins over the saved one
-                    g["lr"], g["weight_decay"] = lr, wd
+                _load_optimizer(opt, sd)
             else:
                 self._passthrough[name] = sd
         if extra.get("rng") is not None:
@@ -361,14 +412,55 @@ class RoundRunner:
             "log_rows": list(self.state.log_rows),
         }
 
+    @property
+    def local_decoders(self) -> bool:
+        """Whether the ranks' decoders differ (grad_sync local, several ranks, decoder trained):
+        then each rank >= 1 keeps its decoder-side state in its own resume shard."""
+        return self.update_decoder and self.decoder_sync == "local" and self.dist.world_size > 1
+
+    def decoder_shard(self) -> dict:
+        """This rank's decoder-side state: trained decoder tensors, their EMA, the decoder optimizer."""
+        vq, vq_ema = self.vq.state_dict(), self.vq_ema.state_dict()
+        return {
+            "fingerprint": self.fingerprint,
+            "step": self.state.step,
+            "rank": self.dist.rank,
+            "vq": {n: vq[n] for n in self._dec_names},
+            "vq_ema": {n: vq_ema[n] for n in self._dec_names},
+            "opt_decoder": self.opt_decoder.state_dict(),
+        }
+
+    def _load_decoder_shard(self, shard: dict) -> None:
+        for model, key in ((self.vq, "vq"), (self.vq_ema, "vq_ema")):
+            model.load_state_dict({**model.state_dict(), **shard[key]})
+        _load_optimizer(self.opt_decoder, shard["opt_decoder"])
+
+    def remove_shards(self, keep_step: int | None = None) -> None:
+        """Delete this rank's resume shards (all, or all but the one of `keep_step`)."""
+        keep = None if keep_step is None else _shard_name(self.dist.rank, keep_step)
+        for f in self.work_dir.glob(f"resume.rank{self.dist.rank}.step*.pt"):
+            if f.name != keep:
+                f.unlink(missing_ok=True)
+
     def _maybe_resume(self) -> None:
+        """Resume from work_dir if resume.pt (and, for local decoders, this rank's shard of the same
+        step) belongs to this round's inputs. Every rank resumes or none does."""
         path = self.work_dir / RESUME_FILE
-        if not path.exists():
-            return
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-        if payload.get("fingerprint") != self.fingerprint:
+        payload = torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+        ok = payload is not None and payload.get("fingerprint") == self.fingerprint
+        if payload is not None and not ok:
             log.warning("ignoring %s: it belongs to other inputs (fingerprint %s != %s); starting the round afresh",
                         path, payload.get("fingerprint"), self.fingerprint)
+        shard = None
+        if ok and self.local_decoders and not self.dist.main:
+            shard_path = self.work_dir / _shard_name(self.dist.rank, int(payload["carried"]["step"]))
+            if shard_path.exists():
+                shard = torch.load(shard_path, map_location="cpu", weights_only=False)
+            ok = shard is not None and shard.get("fingerprint") == self.fingerprint
+            if not ok:
+                log.warning("rank %d: no resume shard %s for %s; starting the round afresh", self.dist.rank,
+                            shard_path, path)
+        if not self.dist.all_true(ok):
             return
         self.policy.load_state_dict(payload["policy"])
         self.policy_ema.load_state_dict(payload["policy_ema"])
@@ -376,16 +468,29 @@ class RoundRunner:
         self.vq_ema.load_state_dict(payload["vq_ema"])
         self._passthrough = {}
         self._load_carried(payload["carried"])
+        if shard is not None:  # this rank's own decoder, EMA decoder and decoder optimizer
+            self._load_decoder_shard(shard)
         self.state.round_steps = int(payload["round_steps"])
         self.state.log_rows = list(payload["log_rows"])
         log.info("resumed from %s: %d/%d steps of this round done (global step %d)", path,
                  self.state.round_steps, self.n_steps, self.state.step)
 
     def save_resume(self) -> None:
+        """Rank 0 writes resume.pt; with local decoders each other rank first writes its shard.
+
+        Order, so that a kill at any point leaves a consistent pair: the shards of step s are all on
+        disk before resume.pt (atomically) names step s, and a rank deletes its older shards only
+        after that, so the shards an older resume.pt names are still there until it is replaced."""
+        step = self.state.step
+        if self.local_decoders and not self.dist.main:
+            save_torch(self.decoder_shard(), self.work_dir / _shard_name(self.dist.rank, step))
+        self.dist.barrier()
         if self.dist.main:
             save_torch(self.resume_payload(), self.work_dir / RESUME_FILE)
-            log.info("checkpoint: %s (global step %d)", self.work_dir / RESUME_FILE, self.state.step)
+            log.info("checkpoint: %s (global step %d)", self.work_dir / RESUME_FILE, step)
         self.dist.barrier()
+        if self.local_decoders and not self.dist.main:
+            self.remove_shards(keep_step=step)
 
     # -- one step -------------------------------------------------------------------------------
 
@@ -406,7 +511,8 @@ class RoundRunner:
         # 1. rollouts
         batch = self.data.batch(t, self.dist.rank, self.dist.world_size, self.device)
         with torch.no_grad():
-            cond = self.backbone.encode_prompts(batch.captions)
+            # padded T5 rows raw (official training rollouts) unless train.rollout.zero_caption_padding
+            cond = self.backbone.encode_prompts(batch.captions, zero_padding=self.zero_caption_padding)
         cond_g = cond.repeat_interleave(G)
         captions_g = [c for c in batch.captions for _ in range(G)]
         seeds = rollout_seeds(self.seed, t, batch.offset, len(batch.captions), G)
@@ -506,9 +612,10 @@ class RoundRunner:
             gn = torch.nn.utils.clip_grad_norm_(self.policy_params, float(pc["grad_clip"]))
             check_finite(gn, t, "grad_norm_policy")
             self.opt_policy.step()
-        self.state.policy_steps += 1
-        if self.state.policy_steps % int(pc["ema_every"]) == 0:
-            ema_update(self.policy_ema, self.policy, float(pc["ema_decay"]))
+            # the EMA counts optimizer steps, ppo_epochs per step, as the official (trainer.py:512-516)
+            self.state.policy_steps += 1
+            if self.state.policy_steps % int(pc["ema_every"]) == 0:
+                ema_update(self.policy_ema, self.policy, float(pc["ema_decay"]))
         row.update(loss_policy=tot["loss"], loss_pg=tot["pg"], kl=tot["kl"], ratio_mean=tot["ratio"],
                    grad_norm_policy=float(gn))
 
@@ -517,6 +624,7 @@ class RoundRunner:
         disc_on = t >= int(dsc["start_step"])
         disc_w = float(dsc["weight"])
         bb, vq = self.backbone, self.vq
+        sync_decoder = self.decoder_sync == "global" and self.dist.world_size > 1
 
         with autocast(self.device, self.amp):
             x_rec = decode_unclamped(bb, vq, batch.gt_codes).float()
@@ -527,7 +635,7 @@ class RoundRunner:
             check_finite(d_loss, t, "loss_disc")
             self.opt_disc.zero_grad(set_to_none=True)
             d_loss.backward()
-            self.dist.average_grads(list(self.disc.parameters()))
+            self.dist.average_grads(list(self.disc.parameters()))  # synchronised in both grad_sync modes
             gd = torch.nn.utils.clip_grad_norm_(self.disc.parameters(), float("inf"))
             self.opt_disc.step()
             row.update(loss_disc=_f(d_loss), grad_norm_disc=_f(gd))
@@ -541,7 +649,7 @@ class RoundRunner:
             rec = reconstruction_loss(batch.images, x_rec, self.perceptual, disc=self.disc, gan_on=disc_on,
                                       last_layer=decoder_last_layer(bb, vq), disc_weight=disc_w,
                                       lambda_rec=float(dc["lambda_rec"]),
-                                      grad_reduce=self.dist.average if self.dist.world_size > 1 else None)
+                                      grad_reduce=self.dist.average if sync_decoder else None)
             terms["loss_rec"] = rec["loss"]
             row.update(loss_rec_l1=_f(rec["l1"]), loss_rec_perceptual=_f(rec["perceptual"]))
             if disc_on:
@@ -549,7 +657,8 @@ class RoundRunner:
             with autocast(self.device, self.amp):
                 x_hat = decode_unclamped(bb, vq, sel_codes).float().clamp(-1, 1)
             if disc_on and float(dc["lambda_gan"]) > 0:
-                terms["loss_rank_gan"] = rank_gan_loss(self.disc, x_hat, weights, lambda_gan=float(dc["lambda_gan"]))
+                terms["loss_rank_gan"] = rank_gan_loss(self.disc, x_hat, weights, lambda_gan=float(dc["lambda_gan"]),
+                                                       disc_weight=disc_w)
             if float(dc["lambda_consistency"]) > 0:
                 terms["loss_consistency"] = consistency_loss(x_hat, sel_ema, self.perceptual,
                                                              lambda_c=float(dc["lambda_consistency"]))
@@ -558,7 +667,8 @@ class RoundRunner:
                 terms["loss_reward"] = reward_loss(r_hat, weights, lambda_d=float(dc["lambda_reward"]))
             if soft is not None:
                 with autocast(self.device, self.amp):
-                    x_soft = bb.decode_soft(vq, soft[0], soft[1]).float()
+                    x_soft = bb.decode_soft(vq, soft[0], soft[1],
+                                            normalize_rows=self.lasc_codebook == "normalized").float()
                 terms["loss_lasc"] = lasc_loss(x_soft, x_hat, lambda_lasc=float(dc["lambda_lasc"]))
             total = sum(terms.values())
             for name, v in terms.items():
@@ -568,7 +678,8 @@ class RoundRunner:
             total.backward()
         finally:
             self.disc.requires_grad_(True)
-        self.dist.average_grads(self.dec_params)
+        if sync_decoder:
+            self.dist.average_grads(self.dec_params)
         gn = torch.nn.utils.clip_grad_norm_(self.dec_params, float(dc["grad_clip"]))
         check_finite(gn, t, "grad_norm_decoder")
         self.opt_decoder.step()
@@ -583,6 +694,7 @@ class RoundRunner:
         return df.astype({"round": "int32", "step": "int64"})
 
     def write_outputs(self, out_dir, log_path) -> None:
+        """Rank 0 writes the round's checkpoint (with grad_sync local: rank 0's decoder)."""
         if not self.dist.main:
             return
         bb = self.backbone
@@ -595,7 +707,11 @@ class RoundRunner:
             torch.save(self._carried(), tmp / "state.pt")
             write_json({"method": self.method, "round": self.round_idx, "phase": self.phase,
                         "global_step": self.state.step, "steps_this_round": self.state.round_steps,
-                        "init": str(self.init_dir or "base")}, tmp / "DONE")
+                        "init": str(self.init_dir or "base"), "world_size": self.dist.world_size,
+                        # which production models trained this round (read by tests and reports)
+                        "reward": self.cfg["assets"]["reward"].get("kind", "open_clip"),
+                        "perceptual": (self.cfg["assets"].get("perceptual") or {}).get("kind", "demo")},
+                       tmp / "DONE")
 
 
 def _summary(cfg: dict, runner: RoundRunner) -> str:
@@ -633,9 +749,18 @@ def _run_rank(cfg, method, round_idx, init_dir, tokens_path, work_dir, out_dir, 
     bar.close()
     runner.write_outputs(out_dir, log_path)
     d.barrier()
+    runner.remove_shards()
     if d.main:
         (Path(work_dir) / RESUME_FILE).unlink(missing_ok=True)
         log.info("round done: %s (global step %d)", out_dir, runner.state.step)
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, sd: dict) -> None:
+    """Load a saved optimizer state; this round's lr and weight decay win over the saved ones."""
+    hyper = [(g["lr"], g["weight_decay"]) for g in opt.param_groups]
+    opt.load_state_dict(sd)
+    for g, (lr, wd) in zip(opt.param_groups, hyper):
+        g["lr"], g["weight_decay"] = lr, wd
 
 
 def _free_port() -> int:
@@ -644,13 +769,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawned(rank, world_size, port, args) -> None:
-    from ranke.runtime import setup_logging
+def _spawned(rank, world_size, port, device_type, args) -> None:
+    from ranke.runtime import require_cuda, setup_logging
 
     if rank == 0:
         setup_logging()
     torch.set_num_threads(max(1, torch.get_num_threads() // world_size))
-    use_cuda = torch.cuda.is_available() and args[0].get("device", "auto") != "cpu"
+    # The backend follows the device run_round resolved, never torch.cuda.is_available() alone: a
+    # rank of a CUDA round that finds no GPU fails instead of joining a gloo group on the CPU.
+    use_cuda = device_type == "cuda"
+    if use_cuda:
+        require_cuda(f"rank {rank}/{world_size} of a CUDA round needs device cuda:{rank}", index=rank)
     backend = "nccl" if use_cuda else "gloo"
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
@@ -671,18 +800,30 @@ def run_round(cfg: dict, method: str, round_idx: int, init_dir: str | None, toke
     """
     args = (cfg, method, round_idx, init_dir, str(tokens_path), str(work_dir), str(out_dir), str(log_path))
     world_size = int(cfg["train"].get("world_size", 1))
+    # One device decision, before any rank exists: `device: cuda` without a usable GPU fails here
+    # (naming the host, CUDA_VISIBLE_DEVICES, the build's CUDA and torch's reason), and the process
+    # group's backend follows from it (nccl for CUDA, gloo for the CPU).
+    device = resolve_device(cfg.get("device", "auto"))
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     if world_size == 1:
-        _run_rank(*args, Dist(), None)
+        _run_rank(*args, Dist(), device)
         return
     if dist.is_available() and dist.is_initialized():  # ranks given from outside (submitit tasks)
         rank = dist.get_rank()
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        backend = dist.get_backend()
+        if (device.type == "cuda") != (backend == "nccl"):
+            raise RuntimeError(f"round on device {device} but the process group uses {backend}")
+        if device.type == "cuda":
+            device = torch.device("cuda", torch.cuda.current_device())
         _run_rank(*args, Dist(rank, dist.get_world_size()), device)
         return
     import torch.multiprocessing as mp
 
+    from ranke.runtime import require_cuda
+
+    if device.type == "cuda":
+        require_cuda(f"train.world_size={world_size} on device {cfg.get('device', 'auto')!r} needs one GPU per rank",
+                     count=world_size)
     # CPU ranks are forked (no re-import of torch & co. per rank); CUDA needs fresh processes.
-    use_cuda = torch.cuda.is_available() and cfg.get("device", "auto") != "cpu"
-    mp.start_processes(_spawned, args=(world_size, _free_port(), args), nprocs=world_size, join=True,
-                       start_method="spawn" if use_cuda else "fork")
+    mp.start_processes(_spawned, args=(world_size, _free_port(), device.type, args), nprocs=world_size, join=True,
+                       start_method="spawn" if device.type == "cuda" else "fork")
