@@ -158,3 +158,25 @@ def test_trainer_image_is_the_image_its_codes_were_made_from(world, tmp_path, mo
         file = root / "train2014" / f"COCO_train2014_{image_id:012d}.png"
         other = coco.to_float(coco.load_image(file, size, coco.EVAL))
         assert (other - x).abs().mean() > 0.02, image_id
+
+
+def test_prompts_from_the_released_captions_file(world, tmp_path):
+    """prompts.captions_csv: read as the official sampler reads it (pandas, else one line each) and
+    cycled to n. A file with unquoted commas, like the released coco_captions.csv, makes pandas fail:
+    then every non-empty line is a prompt, the header included."""
+    csv = tmp_path / "coco_captions.csv"
+    csv.write_text("Prompt\nA dog on a couch.\nA man, a woman and a horse.\n\n  Two cats.  \n", encoding="utf-8")
+    cfg = json.loads(json.dumps(world))
+    cfg["prompts"] = {"split": "val", "n": 7, "seed": 0, "captions_csv": str(csv)}
+    p = make_prompts(cfg, tmp_path / "p.parquet")
+    assert p["caption"].tolist() == ["Prompt", "A dog on a couch.", "A man, a woman and a horse.", "Two cats.",
+                                     "Prompt", "A dog on a couch.", "A man, a woman and a horse."]
+    assert (p["image_id"] == -1).all() and (p["caption_id"] == -1).all()
+    assert io.read_parquet(tmp_path / "p.parquet", "prompts")["prompt_id"].tolist() == list(range(7))
+    # a well-formed table: the prompt column by name (any case), truncated to n
+    csv.write_text('id,Caption\n1,"A red bus, parked."\n2,A tree.\n3,A kite.\n', encoding="utf-8")
+    cfg["prompts"]["n"] = 2
+    assert make_prompts(cfg, tmp_path / "q.parquet")["caption"].tolist() == ["A red bus, parked.", "A tree."]
+    cfg["prompts"]["captions_csv"] = str(tmp_path / "missing.csv")
+    with pytest.raises(FileNotFoundError, match="prompts.captions_csv"):
+        make_prompts(cfg, tmp_path / "r.parquet")
