@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("ranke.score", "decode + FID + CLIP + code shift -> metrics.parquet"),
     "report": ("ranke.report.build", "tables and plots from all metrics"),
     "check-assets": ("ranke.config", "validate a config and list missing asset files"),
+    "standins": ("ranke.standins", "write a study's assets offline in their real formats + a config overlay"),
     "install-profile": ("ranke.profile", "install the SLURM profile for `snakemake --profile slurm`"),
 }
 

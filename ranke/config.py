@@ -67,10 +67,32 @@ def validate_config(config: dict) -> dict:
             key = ".".join(str(p) for p in e.absolute_path) or "<top level>"
             lines.append(f"{key}: {e.message}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+    problems = cross_key_problems(config)
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    return config
+
+
+# a GPT size preset fixes these; explicit values next to it would silently override it
+GPT_PRESET_SIZE_KEYS = ("dim", "n_layer", "n_head")
+
+
+def cross_key_problems(config: dict) -> list[str]:
+    """Constraints between keys that the JSON schema cannot state, one message per problem naming
+    the keys. The Snakefile checks these while it parses (before any job), as do the stage CLIs."""
+    problems = []
     methods = [m["name"] for m in config["methods"]]
     if len(set(methods)) != len(methods):
-        raise ConfigError(f"methods: duplicate method names in {methods}")
-    return config
+        problems.append(f"methods: duplicate method names in {methods}")
+    arch = ((config.get("assets") or {}).get("gpt") or {}).get("arch") or {}
+    if config.get("backbone", "llamagen") == "llamagen" and arch.get("preset"):
+        explicit = {k: arch[k] for k in GPT_PRESET_SIZE_KEYS if arch.get(k) is not None}
+        if explicit:
+            problems.append(
+                f"assets.gpt.arch: preset {arch['preset']} fixes {', '.join(GPT_PRESET_SIZE_KEYS)}, but "
+                f"{explicit} is set too (a study file is merged over config.yaml, so the demo's sizes are "
+                f"inherited unless the study sets them to null)")
+    return problems
 
 
 def load_config(*paths: str | Path) -> dict:
@@ -98,6 +120,10 @@ def asset_files(config: dict) -> dict[str, str]:
             files[f"assets.{key}.config"] = a[key]["config"]
     if a["perceptual"]["kind"] == "lpips-vgg":
         files["assets.perceptual.weights"] = a["perceptual"].get("weights")
+        if a["perceptual"].get("vgg16"):
+            files["assets.perceptual.vgg16"] = a["perceptual"]["vgg16"]
+    if config["prompts"].get("captions_csv"):
+        files["prompts.captions_csv"] = config["prompts"]["captions_csv"]
     if config["backbone"] == "llamagen":
         files["assets.vq.checkpoint"] = (a.get("vq") or {}).get("checkpoint")
         files["assets.gpt.checkpoint"] = (a.get("gpt") or {}).get("checkpoint")
@@ -105,6 +131,25 @@ def asset_files(config: dict) -> dict[str, str]:
     else:
         files["assets.janus.path"] = (a.get("janus") or {}).get("path")
     return files
+
+
+def codebook_size(config: dict) -> int:
+    """The VQ codebook size of a study's backbone, without torch (the workflow calls this while it
+    parses): LlamaGen from assets.vq.arch; Janus from its directory's config.json, in either layout
+    (transformers: vq_config.num_embeddings; original DeepSeek: gen_vision_config.params.image_token_size)."""
+    if config.get("backbone", "llamagen") != "janus":
+        return int((config["assets"]["vq"].get("arch") or {}).get("codebook_size", 16384))
+    path = Path(config["assets"]["janus"]["path"]) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"assets.janus.path: no config.json in {path.parent}")
+    doc = json.loads(path.read_text())
+    if "vq_config" in doc:
+        return int(doc["vq_config"].get("num_embeddings", 16384))
+    try:
+        return int(doc["gen_vision_config"]["params"]["image_token_size"])
+    except KeyError as e:
+        raise ValueError(f"{path}: neither vq_config.num_embeddings nor gen_vision_config.params."
+                         f"image_token_size: not a Janus config ({e})") from e
 
 
 def missing_assets(config: dict) -> list[str]:
@@ -145,10 +190,39 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "-", text).strip("-") or "x"
 
 
+# score.fid_protocol: how images reach the Inception network (see ranke.metrics.fid).
+#   clean:          PIL-bicubic resize to 299 in float, clip to [0, 255] (clean-fid "clean", what the
+#                   paper's FIDs used: RankE evaluations/t2i/evaluation.py:456-481)
+#   torch-fidelity: uint8 into torch-fidelity's own forward (TF1-style bilinear resize inside)
+FID_PROTOCOLS = ("clean", "torch-fidelity")
+DEFAULT_FID_PROTOCOL = "clean"
+# The one extractor whose input resizing the protocol chooses (= ranke.metrics.fid.INCEPTION; kept
+# here as a string so that this module stays free of torch). Every other extractor (the demo's
+# clip-image, torch-fidelity's CLIP/VGG extractors) always preprocesses its own way.
+FID_PROTOCOL_EXTRACTOR = "inception-v3-compat"
+
+
+def configured_fid_protocol(cfg: dict) -> str:
+    """score.fid_protocol (default clean), validated."""
+    value = (cfg.get("score") or {}).get("fid_protocol", DEFAULT_FID_PROTOCOL)
+    if value not in FID_PROTOCOLS:
+        raise ValueError(f"score.fid_protocol must be one of {list(FID_PROTOCOLS)}, got {value!r}")
+    return value
+
+
+def applied_fid_protocol(extractor: str, protocol: str) -> str | None:
+    """The protocol as it applies to `extractor`: `protocol` for Inception, None (does not apply:
+    the extractor's own preprocessing) for any other extractor."""
+    if protocol not in FID_PROTOCOLS:
+        raise ValueError(f"FID protocol must be one of {list(FID_PROTOCOLS)}, got {protocol!r}")
+    return protocol if extractor == FID_PROTOCOL_EXTRACTOR else None
+
+
 def reference_cache_key(coco_root: str | os.PathLike, split: str, n: int, seed: int, image_size: int,
-                        extractor: str) -> str:
-    """File stem encoding dataset, subset, resolution and extractor, e.g.
-    `coco-3f2a9c1d_val_all_256px_inception-v3-compat` or `coco-3f2a9c1d_val_n30000-seed0_256px_...`.
+                        extractor: str, protocol: str | None = None) -> str:
+    """File stem encoding dataset, subset, resolution, extractor and FID protocol, e.g.
+    `coco-3f2a9c1d_val_all_256px_inception-v3-compat_clean` or
+    `coco-3f2a9c1d_val_n30000-seed0_256px_clip-image` (no protocol: it does not apply to clip-image).
 
     The dataset part is the root's folder name plus a short hash of the normalised root path, so two
     datasets that share a folder name do not share a cache entry.
@@ -156,21 +230,25 @@ def reference_cache_key(coco_root: str | os.PathLike, split: str, n: int, seed: 
     root = os.path.normpath(str(coco_root))
     tag = f"{_slug(Path(root).name)}-{hashlib.sha1(root.encode()).hexdigest()[:8]}"
     subset = "all" if not n else f"n{int(n)}-seed{int(seed)}"
-    return f"{tag}_{_slug(split)}_{subset}_{int(image_size)}px_{_slug(extractor)}"
+    key = f"{tag}_{_slug(split)}_{subset}_{int(image_size)}px_{_slug(extractor)}"
+    return f"{key}_{_slug(protocol)}" if protocol else key
 
 
 def reference_settings(cfg: dict) -> dict:
     """What the reference depends on, from the (partial) config: assets.coco_root, assets.fid,
-    image_size and the optional score.fid_reference {split, n, seed}."""
+    image_size, score.fid_protocol and the optional score.fid_reference {split, n, seed}.
+    `fid_protocol` is None for extractors the protocol does not apply to."""
     ref = (cfg.get("score") or {}).get("fid_reference") or {}
     n = int(ref.get("n") or 0)
+    extractor = cfg["assets"]["fid"]["extractor"]
     return {
         "dataset_root": os.path.normpath(str(cfg["assets"]["coco_root"])),
         "split": ref.get("split", "val"),
         "subset_n": n,
         "subset_seed": int(ref.get("seed", 0)) if n else None,
         "resolution": int(cfg["image_size"]),
-        "extractor": cfg["assets"]["fid"]["extractor"],
+        "extractor": extractor,
+        "fid_protocol": applied_fid_protocol(extractor, configured_fid_protocol(cfg)),
         "weights": cfg["assets"]["fid"].get("weights"),
     }
 
@@ -178,4 +256,4 @@ def reference_settings(cfg: dict) -> dict:
 def reference_key_from_config(cfg: dict) -> str:
     s = reference_settings(cfg)
     return reference_cache_key(s["dataset_root"], s["split"], s["subset_n"], s["subset_seed"] or 0,
-                               s["resolution"], s["extractor"])
+                               s["resolution"], s["extractor"], s["fid_protocol"])

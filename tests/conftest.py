@@ -112,3 +112,27 @@ def tiny_local_study(tmp_path_factory):
         "tokens_mtime_before_restart": tokens_mtime,
         "seconds": time.monotonic() - t0,
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# Stand-in assets of the paper's studies (ranke.standins), written once per test session and
+# shared by the format tests (tests/test_standins.py) and the end-to-end study runs
+# (tests/test_studies.py).
+
+STUDIES = {name: REPO / "workflow" / "studies" / f"{name}.yaml" for name in ("llamagen_xl", "janus_pro")}
+
+
+@pytest.fixture(scope="session")
+def standin_sets(tmp_path_factory):
+    """study name -> (stand-in directory, overlay.yaml), written lazily on first use."""
+    from ranke.standins import write_standins
+
+    written: dict[str, tuple[Path, Path]] = {}
+
+    def get(name: str) -> tuple[Path, Path]:
+        if name not in written:
+            out = tmp_path_factory.mktemp(f"standins_{name}")
+            written[name] = (out, write_standins(STUDIES[name], out))
+        return written[name]
+
+    return get

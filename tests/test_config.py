@@ -60,3 +60,20 @@ def test_study_lists_every_missing_asset():
                 "assets.clip.weights", "assets.reward.weights", "assets.fid.weights",
                 "assets.perceptual.weights", "assets.coco_root"]:
         assert key in keys
+
+
+def test_study_merged_over_the_demo_builds_the_real_gpt(tmp_path):
+    """A study file is merged over config.yaml (as Snakemake's --configfile does), so a preset next
+    to the demo's inherited dim/n_layer/n_head built a 96-wide 3-layer "GPT-XL": the study nulls them,
+    and a preset with explicit sizes is refused naming the keys."""
+    from ranke.models.backbone import gpt_config
+
+    cfg = load_config(REPO / "workflow" / "studies" / "llamagen_xl.yaml")
+    g = gpt_config(cfg["assets"]["gpt"]["arch"], 16384, 256, 120)
+    assert (g.dim, g.n_layer, g.n_head, g.caption_dim) == (1280, 36, 20, 2048)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"assets": {"gpt": {"arch": {"preset": "GPT-XL"}}}}))
+    with pytest.raises(ConfigError, match=r"assets\.gpt\.arch: preset GPT-XL fixes dim"):
+        load_config(bad)
+    with pytest.raises(ValueError, match="must be null"):
+        gpt_config({"preset": "GPT-XL", "dim": 96}, 16384, 256, 120)

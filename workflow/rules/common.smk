@@ -5,10 +5,13 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from ranke.config import missing_assets
+from ranke.config import codebook_size, cross_key_problems, missing_assets
 
 
 validate(config, schema="../schemas/config.schema.yaml")
+_problems = cross_key_problems(config)
+if _problems:
+    raise WorkflowError("invalid configuration:\n  " + "\n  ".join(_problems))
 
 # A real study must have every asset before any job starts (the demo makes its own).
 _missing = missing_assets(config)
@@ -66,6 +69,7 @@ def fid_reference_config():
     cfg = json.loads(stage_config())
     cfg["score"] = {
         "batch_size": config["score"]["batch_size"],
+        "fid_protocol": config["score"]["fid_protocol"],
         "fid_reference": config["score"]["fid_reference"],
     }
     return json.dumps(cfg, sort_keys=True)
@@ -105,11 +109,23 @@ def checkpoint_of(method, r):
 
 
 def base_model_files():
+    """The base model's files: LlamaGen's GPT, VQ and T5, or the Janus directory (and processor)."""
+    if config["backbone"] == "janus":
+        janus = ASSETS["janus"]
+        return [janus["path"]] + ([janus["processor"]] if janus.get("processor") else [])
     return [
         ASSETS["gpt"]["checkpoint"],
         ASSETS["vq"]["checkpoint"],
         ASSETS["text_encoder"]["path"],
     ]
+
+
+def base_vq_files():
+    """What the base codes depend on: LlamaGen's VQ file, or the Janus directory (its VQ is part
+    of the model's weights)."""
+    if config["backbone"] == "janus":
+        return [ASSETS["janus"]["path"]]
+    return [ASSETS["vq"]["checkpoint"]]
 
 
 def round_init(wildcards):
@@ -152,8 +168,14 @@ def score_checkpoint(wildcards):
 
 def score_checkpoint_inputs(wildcards):
     if int(wildcards.round) == 0:
-        return [ASSETS["vq"]["checkpoint"]]
+        return base_vq_files()
     return [checkpoint_of(wildcards.method, wildcards.round)]
+
+
+def prompt_file_inputs():
+    """The released prompt file, when the study samples its prompts instead of drawing them."""
+    path = config["prompts"].get("captions_csv")
+    return [path] if path else []
 
 
 def fid_reference_path():
@@ -164,16 +186,12 @@ def fid_reference_path():
 
 def all_metrics():
     paths = ["results/base/round_0/metrics.parquet"]
-    paths += [
-        f"{round_dir(m, r)}/metrics.parquet" for m in TRAINED for r in range(1, N_ROUNDS + 1)
-    ]
+    paths += [f"{round_dir(m, r)}/metrics.parquet" for m in TRAINED for r in range(1, N_ROUNDS + 1)]
     return paths
 
 
 def all_train_logs():
-    return [
-        f"{round_dir(m, r)}/train_log.parquet" for m in TRAINED for r in range(1, N_ROUNDS + 1)
-    ]
+    return [f"{round_dir(m, r)}/train_log.parquet" for m in TRAINED for r in range(1, N_ROUNDS + 1)]
 
 
 def final_grids():

@@ -1,9 +1,11 @@
-# The evaluation prompt set: COCO-30K protocol (one fixed-seed caption per val image).
+# The evaluation prompt set: COCO-30K protocol (one fixed-seed caption per val image, or the
+# release's prompt file read as the official sampler reads it: prompts.captions_csv).
 
 
 rule prompts:
     input:
-        ASSETS["coco_root"],
+        coco=ASSETS["coco_root"],
+        captions_csv=prompt_file_inputs(),
     output:
         "results/prompts.parquet",
     params:

@@ -4,7 +4,7 @@
 rule tokenize:
     input:
         coco=ASSETS["coco_root"],
-        vq=ASSETS["vq"]["checkpoint"],
+        vq=base_vq_files(),
     output:
         "results/tokens/{split}.parquet",
     params:
@@ -33,7 +33,7 @@ rule code_histogram:
     output:
         "results/tokens/code_hist.parquet",
     params:
-        codebook_size=ASSETS["vq"]["arch"].get("codebook_size", 16384),
+        codebook_size=codebook_size(config),
     group:
         DEMO_GROUP
     conda:
