@@ -56,6 +56,25 @@ def seeded_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def tiny_open_clip_reward(tmp_path: Path) -> dict:
+    """An `assets.reward` block for a tiny random open_clip model written under tmp_path (8 px
+    images, 12-token context)."""
+    import json
+
+    from ranke.models.clip import create_clip
+
+    torch.manual_seed(0)
+    name = "ranke-tiny-test-clip"
+    arch = {"embed_dim": 8,
+            "vision_cfg": {"image_size": 8, "layers": 1, "width": 16, "patch_size": 4, "head_width": 8},
+            "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+    (tmp_path / f"{name}.json").write_text(json.dumps(arch))
+    model = create_clip(name, config=tmp_path / f"{name}.json")
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    return {"kind": "open_clip", "model": name, "config": str(tmp_path / f"{name}.json"),
+            "weights": str(tmp_path / "w.pt"), "quick_gelu": False, "prompt_prefix": ""}
+
+
 # ----------------------------------------------------------------------------------------------
 # One local run of the tiny demo DAG per test session, shared by tests/test_pipeline.py (what
 # users rely on: restart, no-op rerun, single-stage rerun) and tests/test_slurm.py (the reference

@@ -267,20 +267,11 @@ def test_hf_clip_reward_is_100_cos_differentiable_and_frozen(tmp_path):
 
 
 def test_open_clip_reward_matches_clip_score(tmp_path):
-    import json
-
-    from ranke.models.clip import create_clip, load_clip
+    from conftest import tiny_open_clip_reward
+    from ranke.models.clip import load_clip
     from ranke.rewards import build_reward
 
-    torch.manual_seed(0)
-    cfg_json = {"embed_dim": 8,
-                "vision_cfg": {"image_size": 8, "layers": 1, "width": 16, "patch_size": 4, "head_width": 8},
-                "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
-    (tmp_path / "ranke-reward-test-clip.json").write_text(json.dumps(cfg_json))
-    m = create_clip("ranke-reward-test-clip", config=tmp_path / "ranke-reward-test-clip.json")
-    torch.save(m.state_dict(), tmp_path / "w.pt")
-    cfg = {"kind": "open_clip", "model": "ranke-reward-test-clip", "config": str(tmp_path / "ranke-reward-test-clip.json"),
-           "weights": str(tmp_path / "w.pt"), "quick_gelu": False, "prompt_prefix": ""}
+    cfg = tiny_open_clip_reward(tmp_path)
     reward = build_reward(cfg)
     x = (torch.rand(3, 3, 8, 8) * 2 - 1).requires_grad_(True)
     caps = ["a red circle", "a blue square", "a red circle"]

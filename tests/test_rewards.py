@@ -1,8 +1,6 @@
 """Training reward models: the official CLIP normalisation constants and batch-independent text
 embeddings (what makes a resumed round equal an uninterrupted one)."""
 
-import json
-
 import torch
 
 from ranke.rewards import CLIP_MEAN, CLIP_STD, build_reward
@@ -19,18 +17,9 @@ def test_clip_normalisation_is_the_official_truncated_one():
 def test_a_caption_embedding_does_not_depend_on_the_other_captions(tmp_path):
     """The cache is filled in whatever batches the steps happen to bring; a batched text forward
     differs in the last bits from a lone one, so each new caption is embedded alone."""
-    from ranke.models.clip import create_clip
+    from conftest import tiny_open_clip_reward
 
-    torch.manual_seed(0)
-    cfg_json = {"embed_dim": 8,
-                "vision_cfg": {"image_size": 8, "layers": 1, "width": 16, "patch_size": 4, "head_width": 8},
-                "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
-    (tmp_path / "ranke-reward-cache-clip.json").write_text(json.dumps(cfg_json))
-    m = create_clip("ranke-reward-cache-clip", config=tmp_path / "ranke-reward-cache-clip.json")
-    torch.save(m.state_dict(), tmp_path / "w.pt")
-    cfg = {"kind": "open_clip", "model": "ranke-reward-cache-clip",
-           "config": str(tmp_path / "ranke-reward-cache-clip.json"), "weights": str(tmp_path / "w.pt"),
-           "quick_gelu": False, "prompt_prefix": ""}
+    cfg = tiny_open_clip_reward(tmp_path)
     caps = [f"a {c} {s} on a {b} background" for c in ("red", "blue") for s in ("circle", "square")
             for b in ("dark", "white")]
     one_by_one = build_reward(cfg)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import subprocess
 
 import pytest
@@ -20,18 +19,7 @@ import yaml
 
 from conftest import STUDIES, snakemake_cmd, snakemake_env
 from ranke import io
-
-
-def _job_counts(text: str) -> dict[str, int]:
-    block = text.split("Job stats:")[1]
-    counts = {}
-    for line in block.splitlines()[3:]:
-        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if not m:
-            break
-        counts[m.group(1)] = int(m.group(2))
-    counts.pop("total", None)
-    return counts
+from test_pipeline import planned_rules
 
 
 def _expected_jobs(study: dict) -> dict[str, int]:
@@ -53,7 +41,7 @@ def test_study_runs_end_to_end_on_standins(name, standin_sets, tmp_path):
     assert out.returncode == 0, f"{name} failed:\n{out.stdout[-3000:]}\n{out.stderr[-8000:]}"
 
     # every rule of the real DAG ran, each as often as the study's methods ask
-    assert _job_counts(out.stdout + out.stderr) == _expected_jobs(study)
+    assert planned_rules(out) == _expected_jobs(study)
 
     # the production loaders did the measuring, and every number is finite
     metrics = [io.read_parquet(p, "metrics") for p in sorted((work / "results").glob("*/round_*/metrics.parquet"))]
