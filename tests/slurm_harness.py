@@ -28,6 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 HARNESS = REPO / "ci" / "slurm" / "slurm-ci.sh"
 VENV_BIN = Path(sys.executable).parent
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge", "slurmdbd", "mariadb-server"]
+# what the cluster and the tests run; sbin included, since root's PATH may lack it
+BINARIES = ["slurmctld", "slurmd", "slurmdbd", "munged", "srun", "sbatch", "squeue", "sacct", "scancel", "sinfo", "scontrol"]
+BINARY_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin", "/sbin", "/bin"])
 LOCK_FILE = Path(os.environ.get("RANKE_SLURM_LOCK", "/run/lock/ranke-slurm-ci.lock"))
 LOCK_WAIT_S = float(os.environ.get("RANKE_SLURM_LOCK_WAIT", "900"))
 
@@ -67,17 +70,26 @@ def _packages_installed() -> bool:
     return subprocess.run(["dpkg", "-s", *PACKAGES], capture_output=True).returncode == 0
 
 
+def unusable_binaries() -> list[str]:
+    """The cluster's commands that are not executable files (a package whose binaries were removed
+    or hidden, e.g. bind-mounted over by /dev/null to mimic a machine that never had SLURM)."""
+    return [name for name in BINARIES if shutil.which(name, path=BINARY_PATH) is None]
+
+
 def ensure_slurm_installed() -> None:
     """Install the packages (idempotent) or skip the calling test with the reason."""
     if os.geteuid() != 0:
         _skip_or_fail("SLURM tests need root: they install SLURM and start its daemons (ci/slurm/slurm-ci.sh)")
-    if _packages_installed():
-        return
-    if not shutil.which("apt-get"):
-        _skip_or_fail(f"SLURM is not installed and apt-get is unavailable to install it ({' '.join(PACKAGES)})")
-    proc = _harness("install", timeout=900)
-    if proc.returncode != 0:
-        _skip_or_fail(f"SLURM could not be installed with apt-get:\n{proc.stderr[-2000:]}")
+    if not _packages_installed():
+        if not shutil.which("apt-get"):
+            _skip_or_fail(f"SLURM is not installed and apt-get is unavailable to install it ({' '.join(PACKAGES)})")
+        proc = _harness("install", timeout=900)
+        if proc.returncode != 0:
+            _skip_or_fail(f"SLURM could not be installed with apt-get:\n{proc.stderr[-2000:]}")
+    # dpkg's record is not the files: apt-get cannot restore binaries it believes are installed
+    missing = unusable_binaries()
+    if missing:
+        _skip_or_fail(f"SLURM packages are recorded as installed but these commands are not executable: {', '.join(missing)}")
 
 
 @dataclass

@@ -43,6 +43,26 @@ def test_harness_skips_only_when_slurm_cannot_be_installed(monkeypatch):
         slurm_harness.ensure_slurm_installed()
 
 
+def test_harness_skips_when_installed_packages_have_no_usable_binaries(monkeypatch, tmp_path):
+    """A machine whose dpkg lists the packages but whose binaries are gone (or /dev/null, as in the
+    fresh-machine check) cannot get them back from apt-get: skip with the names, not a start error."""
+    monkeypatch.delenv("RANKE_REQUIRE_SLURM", raising=False)
+    monkeypatch.setattr(slurm_harness.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(slurm_harness, "_packages_installed", lambda: True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in slurm_harness.BINARIES:
+        exe = bin_dir / name
+        exe.write_text("#!/bin/sh\n")
+        exe.chmod(0o755)
+    (bin_dir / "sbatch").chmod(0o644)  # what `mount --bind /dev/null` looks like to which()
+    monkeypatch.setattr(slurm_harness, "BINARY_PATH", str(bin_dir))
+    with pytest.raises(pytest.skip.Exception, match="not executable: sbatch"):
+        slurm_harness.ensure_slurm_installed()
+    (bin_dir / "sbatch").chmod(0o755)
+    slurm_harness.ensure_slurm_installed()  # all there: no skip
+
+
 # ------------------------------------------------------------------------------------------------
 # Cluster smoke tests
 
