@@ -3,7 +3,8 @@
 #   snakemake --cores 2                                   the demo study (config.yaml)
 #   snakemake --profile slurm --configfile workflow/studies/llamagen_xl.yaml
 #
-# Data flows one way: COCO (or the demo world) -> tokens -> prompts -> samples -> rounds -> metrics -> report.
+# Data flows one way: COCO (or the demo world) -> tokens -> prompts -> samples -> rounds -> metrics -> report,
+# under results/<study>/ (config `study`), one run per method x replicate seed x round.
 
 import os
 
@@ -21,6 +22,7 @@ include: "workflow/rules/common.smk"
 
 wildcard_constraints:
     method="|".join(METHODS),
+    seed=r"\d+",
     round=r"\d+",
     split="train|val",
 

@@ -55,18 +55,20 @@ def _fill_defaults(validator_cls):
     return validators.extend(validator_cls, {"properties": set_defaults})
 
 
-def validate_config(config: dict) -> dict:
-    """Validate (and fill defaults into) `config`; raise ConfigError naming the offending key."""
+def _schema_errors(config: dict, *, fill_defaults: bool = True, prefix: str = "") -> list[str]:
+    """`key: message` for every way `config` breaks the schema (defaults filled in on the way)."""
     from jsonschema import Draft202012Validator
 
-    validator = _fill_defaults(Draft202012Validator)(_schema())
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    cls = _fill_defaults(Draft202012Validator) if fill_defaults else Draft202012Validator
+    errors = sorted(cls(_schema()).iter_errors(config), key=lambda e: list(e.absolute_path))
+    return [f"{prefix}{'.'.join(str(p) for p in e.absolute_path) or '<top level>'}: {e.message}" for e in errors]
+
+
+def validate_config(config: dict) -> dict:
+    """Validate (and fill defaults into) `config`; raise ConfigError naming the offending key."""
+    errors = _schema_errors(config)
     if errors:
-        lines = []
-        for e in errors[:10]:
-            key = ".".join(str(p) for p in e.absolute_path) or "<top level>"
-            lines.append(f"{key}: {e.message}")
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors[:10]))
     problems = cross_key_problems(config)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
@@ -75,6 +77,34 @@ def validate_config(config: dict) -> dict:
 
 # a GPT size preset fixes these; explicit values next to it would silently override it
 GPT_PRESET_SIZE_KEYS = ("dim", "n_layer", "n_head")
+# directories of results/<study>/ that are not methods
+RESERVED_METHOD_NAMES = ("demo", "tokens", "report")
+
+
+def method_train(config: dict, name: str) -> dict:
+    """The `train:` block one method trains with: the study's, with the method's own overrides
+    merged over it (an ablation)."""
+    method = next((m for m in config["methods"] if m["name"] == name), None)
+    if method is None:
+        raise KeyError(f"no method named {name!r} in methods")
+    return merge(config["train"], method.get("train") or {})
+
+
+def has_train_overrides(method: dict) -> bool:
+    return bool(method.get("train"))
+
+
+def _train_problems(train: dict, where: str) -> list[str]:
+    """Constraints inside one (merged) train block."""
+    problems = []
+    k, g = train["decoder"]["rank_k"], train["group_size"]
+    if k > g:
+        problems.append(f"{where}decoder.rank_k = {k} exceeds {where}group_size = {g} (top-K of G rollouts)")
+    b, w = train["prompts_per_step"], train["world_size"]
+    if b % w:
+        problems.append(f"{where}prompts_per_step = {b} is not a multiple of {where}world_size = {w} "
+                        "(every rank takes the same number of prompts)")
+    return problems
 
 
 def cross_key_problems(config: dict) -> list[str]:
@@ -84,6 +114,30 @@ def cross_key_problems(config: dict) -> list[str]:
     methods = [m["name"] for m in config["methods"]]
     if len(set(methods)) != len(methods):
         problems.append(f"methods: duplicate method names in {methods}")
+    seeds = [int(s) for s in config.get("replicates", [0])]
+    if len(set(seeds)) != len(seeds):
+        problems.append(f"replicates: a seed is listed twice in {config.get('replicates')}")
+    reserved = sorted(set(methods) & set(RESERVED_METHOD_NAMES))
+    if reserved:
+        problems.append(f"methods: {reserved} name directories of results/<study>/ and cannot be method names")
+    problems += _train_problems(config["train"], "train.")
+    for m in config["methods"]:
+        if not has_train_overrides(m):
+            continue
+        where = f"methods[{m['name']}].train (merged over train): "
+        if m["mode"] == "none":
+            problems.append(f"methods[{m['name']}]: a method of mode none trains nothing; its train overrides do nothing")
+            continue
+        merged = merge(config, {"train": method_train(config, m["name"])})
+        errors = [e for e in _schema_errors(merged, fill_defaults=False) if e.split(":")[0].startswith("train")]
+        problems += [where + e for e in errors]
+        if not errors:
+            problems += [where + p for p in _train_problems(merged["train"], "train.")]
+    for which in ("rl", "ablation"):
+        key = f"report.{which}_reference"
+        named = (config.get("report") or {}).get(f"{which}_reference")
+        if named and named not in methods:
+            problems.append(f"{key} = {named!r} is not a method of the study ({methods})")
     arch = ((config.get("assets") or {}).get("gpt") or {}).get("arch") or {}
     if config.get("backbone", "llamagen") == "llamagen" and arch.get("preset"):
         explicit = {k: arch[k] for k in GPT_PRESET_SIZE_KEYS if arch.get(k) is not None}

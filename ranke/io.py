@@ -70,10 +70,11 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("codes", _codes),
         ]
     ),
-    # score: long format, one row per (metric) of one (method, round)
+    # score: long format, one row per (metric) of one (method, replicate, round)
     "metrics": pa.schema(
         [
             ("method", pa.string()),
+            ("replicate", pa.int32()),  # the replicate's seed (config `replicates`)
             ("round", pa.int32()),
             ("step", pa.int64()),  # cumulative training steps of the method at this round
             ("metric", pa.string()),
@@ -83,10 +84,38 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("details", pa.string()),  # JSON: protocol facts (cfg, prompts, conventions, ...)
         ]
     ),
+    # score: one row per generated image: what a bootstrap or a paired test over prompts needs
+    # (each image's codes, its contribution to the code histogram, are in samples.parquet)
+    "per_sample": pa.schema(
+        [
+            ("method", pa.string()),
+            ("replicate", pa.int32()),
+            ("round", pa.int32()),
+            ("prompt_id", pa.int64()),
+            ("seed", pa.int64()),  # the sample's sampling seed
+            ("clip_score", pa.float64()),  # 100 x cosine(image, caption), the CLIP-score model
+            ("reward", pa.float64()),  # the training reward of the decoded image
+        ]
+    ),
+    # score: the metrics of bootstrap resamples of the prompts, long format. Resample b has the
+    # same prompt weights in every score job with the same prompts (ranke.metrics.bootstrap), so
+    # rows of two methods with equal `sample_set` pair up resample by resample.
+    "bootstrap": pa.schema(
+        [
+            ("method", pa.string()),
+            ("replicate", pa.int32()),
+            ("round", pa.int32()),
+            ("metric", pa.string()),
+            ("resample", pa.int32()),
+            ("value", pa.float64()),
+            ("sample_set", pa.string()),  # fingerprint of the (prompt_id, seed) rows resampled
+        ]
+    ),
     # round: one row per training step (NaN where a term is off in that mode)
     "train_log": pa.schema(
         [
             ("method", pa.string()),
+            ("replicate", pa.int32()),  # the round's training seed (= its replicate)
             ("round", pa.int32()),
             ("step", pa.int64()),
             ("phase", pa.string()),  # "policy", "decoder" or "both"

@@ -213,6 +213,31 @@ def setup_logging(log_file: str | os.PathLike | None = None, level: int = loggin
     )
 
 
+_CODE_VERSION: str | None = None
+
+
+def code_version() -> str:
+    """`git describe --always --dirty --tags` of the checkout this package runs from, or the
+    package version when it is not a git checkout (an installed wheel). Recorded by the score
+    stage in every metrics row and stated by the report, so a table says which code made it."""
+    global _CODE_VERSION
+    if _CODE_VERSION is None:
+        from ranke import __version__
+
+        repo = Path(__file__).resolve().parents[1]
+        version = f"ranke {__version__}"
+        if (repo / ".git").exists() and shutil.which("git"):
+            try:
+                out = subprocess.run(["git", "-C", str(repo), "describe", "--always", "--dirty", "--tags"],
+                                     capture_output=True, text=True, timeout=10)
+                if out.returncode == 0 and out.stdout.strip():
+                    version = f"{version} (git {out.stdout.strip()})"
+            except (OSError, subprocess.SubprocessError):
+                pass
+        _CODE_VERSION = version
+    return _CODE_VERSION
+
+
 def log_environment(extra: dict | None = None) -> None:
     """One block a failed SLURM job's log needs: host, job id, GPUs (models, count, driver), versions."""
     import torch
@@ -223,6 +248,7 @@ def log_environment(extra: dict | None = None) -> None:
         "torch": torch.__version__,
         "cuda": gpu_summary(),
         "threads": torch.get_num_threads(),
+        "code": code_version(),
     }
     if extra:
         info.update(extra)

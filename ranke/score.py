@@ -14,6 +14,11 @@ Optional PNGs + a fixed-prompt grid for inspection.
 
 Metric names (column `metric`): clip_score, fid, code_kl, code_kl_real_floor, code_entropy_bits,
 code_entropy_bits_real, codebook_usage, reward, n_samples, wall_time_s.
+
+For intervals and paired tests (ranke.report.stats) it also writes what a single number hides:
+`per_sample.parquet` (every image's CLIP score and reward) and `bootstrap.parquet` (CLIP score,
+reward, code-KL and FID of config score.bootstrap.resamples resamples of the prompts, the same
+resamples in every run with the same prompts: ranke.metrics.bootstrap).
 """
 
 from __future__ import annotations
@@ -144,15 +149,19 @@ def write_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
 
 
 def score(cfg: dict, method: str, round_idx: int, samples_path, checkpoint, prompts_path, code_hist_path,
-          fid_ref_path, out_path, png_dir=None, grid_path=None) -> pd.DataFrame:
-    """Decode + measure one (method, round); writes `out_path` (schema metrics) and returns it."""
+          fid_ref_path, out_path, png_dir=None, grid_path=None, *, replicate: int = 0, per_sample_path=None,
+          bootstrap_path=None) -> pd.DataFrame:
+    """Decode + measure one (method, replicate, round); writes `out_path` (schema metrics) and,
+    when given, `per_sample_path` (schema per_sample) and `bootstrap_path` (schema bootstrap)."""
     from ranke.fid_reference import expected_metadata, load_reference
+    from ranke.metrics import bootstrap as bs
+    from ranke.runtime import code_version
     from ranke.metrics import to_uint8, uint8_to_float
     from ranke.config import configured_fid_protocol
     from ranke.metrics.clip_score import (IMAGE_RESIZE, check_clip_files, clip_convention, image_embeddings,
                                           load_clip_model, pair_scores, resolve_clip_precision, text_embeddings)
     from ranke.metrics.fid import fid_statistics, frechet_distance, load_fid_extractor
-    from ranke.metrics.shift import code_histogram, real_histograms, shift_metrics
+    from ranke.metrics.shift import code_histogram, kl_divergence, real_histograms, shift_metrics
     from ranke.rewards import build_reward
 
     t_start = time.perf_counter()
@@ -242,22 +251,45 @@ def score(cfg: dict, method: str, round_idx: int, samples_path, checkpoint, prom
     if png_dir:
         log.info("wrote %d PNGs + grid.png (first %d prompts) to %s", n, len(grid_images), png_dir)
 
-    fid_value = frechet_distance(fid_statistics(torch.cat(feats)), reference)
-    clip_value = float(pair_scores(torch.cat(img_emb), torch.cat(txt_emb)).mean())
-    reward_value = float(torch.cat(rewards).mean())
+    features = torch.cat(feats)
+    fid_value = frechet_distance(fid_statistics(features), reference)
+    clip_per_sample = pair_scores(torch.cat(img_emb), torch.cat(txt_emb)).double().numpy()
+    reward_per_sample = torch.cat(rewards).double().numpy()
+    clip_value = float(clip_per_sample.mean())
+    reward_value = float(reward_per_sample.mean())
     gen_counts = code_histogram(codes_all, codebook_size)
     real = real_histograms(code_hist, codebook_size)
     shift = shift_metrics(gen_counts, real, eps)
     n_real = int(real["count"].sum() // codes_all.shape[1])
+
+    # bootstrap resamples of the prompts (the same weights in every run with these prompts)
+    boot_cfg = sc.get("bootstrap") or {}
+    n_boot, n_boot_fid = int(boot_cfg.get("resamples", 1000)), int(boot_cfg.get("fid_resamples", 200))
+    boot_seed = int(boot_cfg.get("seed", 0))
+    prompt_index, prompt_ids = pd.factorize(df["prompt_id"], sort=True)
+    sample_set = bs.sample_set_fingerprint(df["prompt_id"], df["seed"])
+    t0 = time.perf_counter()
+    weights = bs.row_weights(bs.resample_weights(len(prompt_ids), max(n_boot, n_boot_fid), boot_seed), prompt_index)
+    boot = {
+        "clip_score": bs.weighted_means(clip_per_sample, weights[:n_boot]),
+        "reward": bs.weighted_means(reward_per_sample, weights[:n_boot]),
+        "code_kl": np.array([kl_divergence(c, real["count"], eps) for c in
+                             bs.weighted_code_counts(codes_all, weights[:n_boot], codebook_size)]),
+        "fid": bs.weighted_fid(features.to(device), weights[:n_boot_fid], reference),
+    }
+    timing["bootstrap"] = time.perf_counter() - t0
     wall = time.perf_counter() - t_start
     log.info("timing (s): %s; %.1f images/s overall", {k: round(v, 2) for k, v in timing.items()}, n / wall)
+    log.info("bootstrap over %d prompts: %d resamples (FID %d), seed %d, sample set %s", len(prompt_ids), n_boot,
+             n_boot_fid, boot_seed, sample_set)
 
     s = cfg.get("sampling") or {}
     common = {
         "n_prompts": int(df["prompt_id"].nunique()), "n_samples": n, "image_size": int(cfg["image_size"]),
         "cfg_scale": s.get("cfg_scale"), "temperature": s.get("temperature"), "top_k": s.get("top_k"),
         "top_p": s.get("top_p"), "sampling_seed": s.get("seed"), "decoder": which, "decoder_path": str(vq_path),
-        "backbone": cfg.get("backbone", "llamagen"),
+        "backbone": cfg.get("backbone", "llamagen"), "code_version": code_version(), "sample_set": sample_set,
+        "bootstrap": {"resamples": n_boot, "fid_resamples": n_boot_fid, "seed": boot_seed, "unit": "prompt"},
     }
     clip_cfg, reward_cfg = cfg["assets"]["clip"], cfg["assets"]["reward"]
     fid_details = {"label": extractor.label, "reference": reference["meta"].get("key"),
@@ -287,6 +319,7 @@ def score(cfg: dict, method: str, round_idx: int, samples_path, checkpoint, prom
     step = int(round_idx) * int((cfg.get("rounds") or {}).get("steps", 0))
     metrics = pd.DataFrame({
         "method": method,
+        "replicate": np.int32(replicate),
         "round": np.int32(round_idx),
         "step": np.int64(step),
         "metric": [r[0] for r in rows_out],
@@ -295,6 +328,18 @@ def score(cfg: dict, method: str, round_idx: int, samples_path, checkpoint, prom
         "extractor": [r[3] for r in rows_out],
         "details": [json.dumps({**common, **r[4]}, sort_keys=True, default=str) for r in rows_out],
     })
+    if per_sample_path is not None:
+        io.write_parquet(pd.DataFrame({
+            "method": method, "replicate": np.int32(replicate), "round": np.int32(round_idx),
+            "prompt_id": df["prompt_id"].to_numpy(np.int64), "seed": df["seed"].to_numpy(np.int64),
+            "clip_score": clip_per_sample, "reward": reward_per_sample,
+        }), per_sample_path, "per_sample")
+    if bootstrap_path is not None:
+        io.write_parquet(pd.concat([pd.DataFrame({
+            "method": method, "replicate": np.int32(replicate), "round": np.int32(round_idx), "metric": name,
+            "resample": np.arange(len(values), dtype=np.int32), "value": values.astype(np.float64),
+            "sample_set": sample_set,
+        }) for name, values in boot.items()], ignore_index=True), bootstrap_path, "bootstrap")
     io.write_parquet(metrics, out_path, "metrics")
     log.info("wrote %s: %s", out_path, ", ".join(f"{m}={v:.4g}" for m, v in zip(metrics["metric"], metrics["value"])))
     return metrics
@@ -305,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config-json", required=True,
                    help="config subset: device, precision, backbone, image_size, assets, sampling, rounds, score")
     p.add_argument("--method", required=True)
+    p.add_argument("--replicate", type=int, default=0, help="the replicate's seed (config `replicates`)")
     p.add_argument("--round", type=int, required=True)
     p.add_argument("--samples", required=True)
     p.add_argument("--checkpoint", required=True, help="round checkpoint dir, or 'base'")
@@ -314,13 +360,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--png-dir", default=None, help="also write PNGs + grid.png here (default: config score.write_png)")
     p.add_argument("--grid", default=None, help="write the fixed-prompt sample grid (PNG) here")
+    p.add_argument("--per-sample", default=None, help="write every image's CLIP score and reward here (Parquet)")
+    p.add_argument("--bootstrap", default=None, help="write the metrics of bootstrap resamples here (Parquet)")
     p.add_argument("--log", default=None)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default: all cores)")
     args = p.parse_args(argv)
     setup_logging(args.log)
     set_threads(args.threads)
     cfg = parse_config_json(args.config_json)
-    log_environment({"stage": "score", "method": args.method, "round": args.round})
+    log_environment({"stage": "score", "method": args.method, "replicate": args.replicate, "round": args.round})
     score(cfg, args.method, args.round, args.samples, args.checkpoint, args.prompts, args.code_hist,
-          args.fid_ref, args.out, png_dir=args.png_dir, grid_path=args.grid)
+          args.fid_ref, args.out, png_dir=args.png_dir, grid_path=args.grid, replicate=args.replicate,
+          per_sample_path=args.per_sample, bootstrap_path=args.bootstrap)
     return 0

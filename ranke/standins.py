@@ -411,6 +411,7 @@ def _counts(study: dict, world_size: int) -> dict:
         "device": "cpu",
         "image_size": IMAGE_SIZE,
         "tokenize": {"batch_size": 16, "workers": 0},
+        "replicates": [0],
         "prompts": {"n": 4},
         "sampling": {"batch_size": 4},
         "rounds": {"n": 1, "steps": 1},

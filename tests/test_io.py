@@ -9,6 +9,7 @@ def _metrics(n=3):
     return pd.DataFrame(
         {
             "method": ["ranke"] * n,
+            "replicate": np.zeros(n, dtype=np.int32),
             "round": np.arange(n, dtype=np.int32),
             "step": np.arange(n, dtype=np.int64) * 10,
             "metric": ["fid"] * n,

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -113,16 +115,20 @@ def test_demo_job_groups_and_stage_threads(tmp_path):
     assert {rule for rule, _ in world} == {"demo_data", "demo_vq", "demo_clip", "demo_text", "demo_gpt",
                                            "tokenize", "code_histogram", "prompts"}
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    last = cfg["rounds"]["n"]
-    # rounds before the last: one job per round, its sample (policy-changing methods) + score
+    last, seeds = cfg["rounds"]["n"], cfg["replicates"]
+    assert len(seeds) >= 3  # the shipped demo runs replicates
+    # rounds before the last: one job per (method, replicate, round), its sample (policy-changing
+    # methods) + score
     for members in by_name["evaluate"]:
         assert len({wc for _, wc in members}) == 1 and not wc_round(members[0][1]) == last, members
         assert sorted(rule for rule, _ in members) in (["sample", "score"], ["score"]), members
-    assert len(by_name["evaluate"]) == 3 * (last - 1)  # policy, decoder, ranke
-    # the last rounds (and the base model's round 0) with the report: one job
+    assert len(by_name["evaluate"]) == 3 * (last - 1) * len(seeds)  # policy, decoder, ranke
+    # the last rounds (and the base model's round 0) of every replicate with the report: one job
     (final,) = by_name["final_evaluation"]
     scored = sorted(wc for rule, wc in final if rule == "score")
-    assert scored == sorted(["method=base, round=0"] + [f"method={m}, round={last}" for m in ("decoder", "policy", "ranke")])
+    assert scored == sorted([f"method=base, seed={s}, round=0" for s in seeds]
+                            + [f"method={m}, seed={s}, round={last}" for m in ("decoder", "policy", "ranke")
+                               for s in seeds])
     assert [rule for rule, _ in final].count("report") == 1
     # sample and score run with the threads the config gives them
     threads = {rule: cfg["resources"][rule]["threads"] for rule in ("sample", "score")}
@@ -140,27 +146,34 @@ def test_tiny_demo_study_end_to_end(tiny_local_study):
     cfg = ["--configfile", str(TINY)]
 
     # 1. the run was interrupted once after the tokens existed, and the restart continued
-    tokens = work / "results" / "tokens" / "train.parquet"
+    res = work / "results" / "demo"  # one results tree per study (config `study`)
+    tokens = res / "tokens" / "train.parquet"
     assert tiny_local_study["interrupted"], "the first run never produced the tokens"
     assert tokens.stat().st_mtime == tiny_local_study["tokens_mtime_before_restart"], "restart redid a finished stage"
 
     # 2. everything is there, with the promised schemas
-    res = work / "results"
-    for name in ["main_table.md", "main_table.tex", "main_table.csv", "rounds_table.csv", "curves.png",
-                 "pareto.png", "code_shift.png", "train_curves.png", "samples.png"]:
+    for name in ["main_table.md", "main_table.tex", "main_table.csv", "ablation_table.md", "rounds_table.csv",
+                 "deltas.csv", "replicates.csv", "curves.png", "pareto.png", "code_shift.png", "train_curves.png",
+                 "samples.png"]:
         assert (res / "report" / name).stat().st_size > 0, name
     io.read_parquet(res / "demo" / "quality.parquet", "demo_quality")
     for method in ["base", "policy", "decoder", "ranke"]:
-        r = 0 if method == "base" else 1
-        m = io.read_parquet(res / method / f"round_{r}" / "metrics.parquet", "metrics")
-        assert {"fid", "clip_score", "code_kl", "reward"} <= set(m["metric"])
+        run = res / method / "seed_0" / f"round_{0 if method == 'base' else 1}"
+        m = io.read_parquet(run / "metrics.parquet", "metrics")
+        assert {"fid", "clip_score", "code_kl", "reward"} <= set(m["metric"]) and set(m["replicate"]) == {0}
+        per_sample = io.read_parquet(run / "per_sample.parquet", "per_sample")
+        assert len(per_sample) == 16 and per_sample["clip_score"].mean() == pytest.approx(
+            float(m.loc[m.metric == "clip_score", "value"].iloc[0]))
+        boot = io.read_parquet(run / "bootstrap.parquet", "bootstrap")
+        assert set(boot["metric"]) == {"clip_score", "reward", "code_kl", "fid"}
     for method in ["policy", "decoder", "ranke"]:
-        log = io.read_parquet(res / method / "round_1" / "train_log.parquet", "train_log")
-        assert len(log) == 2
-        ckpt = res / method / "round_1" / "checkpoint"
+        log = io.read_parquet(res / method / "seed_0" / "round_1" / "train_log.parquet", "train_log")
+        assert len(log) == 2 and set(log["replicate"]) == {0}
+        ckpt = res / method / "seed_0" / "round_1" / "checkpoint"
         assert {"policy.pt", "decoder.pt", "policy_ema.pt", "decoder_ema.pt"} <= {p.name for p in ckpt.iterdir()}
     main_csv = (res / "report" / "main_table.csv").read_text()
     assert "RankE" in main_csv and "Base" in main_csv
+    assert "bootstrap within replicate" in main_csv  # one replicate: the prompts' bootstrap intervals
 
     # 3. a second run does nothing
     assert planned_rules(snakemake("-n", "--cores", "2", *cfg, workdir=work)) == {}
@@ -176,3 +189,20 @@ def test_tiny_demo_study_end_to_end(tiny_local_study):
     # 5. one stage alone (last: it rewrites the report, which the SLURM test does not compare)
     ran = planned_rules(snakemake("--cores", "2", *cfg, "--forcerun", "report", "--until", "report", workdir=work))
     assert ran == {"report": 1}
+
+    # 6. adding a replicate runs that replicate's jobs and the report, nothing else (in a copy of
+    # the study: the SLURM test compares the first one with its own run)
+    added = work.parent / "added_replicate"
+    shutil.copytree(work, added, symlinks=True)
+    more = work.parent / "replicates.yaml"
+    more.write_text(yaml.safe_dump({"replicates": [0, 1]}))
+    before = {p: p.stat().st_mtime_ns for p in (added / "results" / "demo").rglob("seed_0/**/*.parquet")}
+    ran = planned_rules(snakemake("--cores", "2", "--configfile", str(TINY), str(more), workdir=added))
+    assert ran == {"baseline": 1, "train_round": 3, "sample": 2, "score": 4, "report": 1, "all": 1}, ran
+    assert before == {p: p.stat().st_mtime_ns for p in before}, "a replicate-0 file was rewritten"
+    main = pd.read_csv(added / "results" / "demo" / "report" / "main_table.csv")
+    assert set(main.loc[main.method.isin(["base", "policy", "decoder", "ranke"]), "replicates"]) == {2}
+    assert set(main["interval"]) == {"t across replicates"}
+    deltas = pd.read_csv(added / "results" / "demo" / "report" / "deltas.csv")
+    assert set(deltas.loc[deltas.level == "within replicate", "replicate"]) == {0, 1}
+    assert planned_rules(snakemake("-n", "--cores", "2", "--configfile", str(TINY), str(more), workdir=added)) == {}

@@ -1,7 +1,9 @@
-"""Report stage: tables equal the metrics Parquet, bold/deltas/footnote right, every figure written.
+"""Report stage: tables equal the metrics Parquet (means and intervals over replicates, paired
+deltas), bold/footnote right, the ablation table, every figure written.
 
-A tiny synthetic study (4 methods x 3 rounds) is written with ranke.io.write_parquet; nothing
-here trains or decodes anything.
+A tiny synthetic study (4 methods x 3 rounds x 3 replicates, with bootstrap resamples shared by
+the methods of a replicate) is written with ranke.io.write_parquet; nothing here trains or
+decodes anything. The interval arithmetic itself is checked in test_stats.py.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from scipy import stats as sps
 
 from ranke.io import SCHEMAS, write_parquet
-from ranke.report import build, plots, tables
+from ranke.report import build, plots, stats, tables
 
 METHODS = {
     "base": {"mode": "none"},
@@ -27,6 +30,8 @@ METHODS = {
 }
 STEPS_PER_ROUND = 15
 N_ROUNDS = 3
+SEEDS = (0, 1, 2)
+RESAMPLES = 200
 DETAILS = {
     "n_prompts": 200,
     "cfg_scale": 4.0,
@@ -38,22 +43,24 @@ DETAILS = {
     "decoder": "online",
     "image_size": 16,
 }
+BOOTSTRAPPED = ("clip_score", "fid", "code_kl", "reward")
 
 
-def _values(method: str, r: int, rng: np.random.Generator) -> dict[str, float]:
-    """Plausible-looking numbers; what matters is that they differ per method and round."""
+def _values(method: str, r: int, seed: int) -> dict[str, float]:
+    """Plausible-looking numbers; what matters is that they differ per method, round and seed."""
     t = r / N_ROUNDS
-    if method == "ranke_block":  # an extra RankE variant, slightly different from ranke
-        values = _values("ranke", r, rng)
+    rng = np.random.default_rng([seed, r, sum(map(ord, method))])
+    if method.startswith("ranke_"):  # a RankE variant, slightly different from ranke
+        values = _values("ranke", r, seed)
         return {k: v + 0.1 * t if k in ("clip_score", "fid", "reward") else v for k, v in values.items()}
     clip = {"base": 31.54, "policy": 31.54 + 0.9 * t, "decoder": 31.54 + 0.2 * t, "ranke": 31.54 + 2.2 * t}[method]
     fid = {"base": 15.24, "policy": 15.24 + 2.5 * t, "decoder": 15.24 - 0.3 * t, "ranke": 15.24 + 0.4 * t}[method]
     kl = {"base": 0.021, "policy": 0.021 + 0.09 * t, "decoder": 0.021, "ranke": 0.021 + 0.05 * t}[method]
-    noise = rng.normal(0, 0.003, 4)
+    noise = rng.normal(0, 0.05, 4)  # the replicate's (training seed's) deviation
     return {
         "clip_score": clip + noise[0],
         "fid": fid + noise[1],
-        "code_kl": kl + abs(noise[2]) / 10,
+        "code_kl": kl + abs(noise[2]) / 100,
         "code_kl_real_floor": 0.0123456,
         "code_entropy_bits": 7.6 - 0.4 * t * (method in ("policy", "ranke")) + noise[3],
         "code_entropy_bits_real": 7.71,
@@ -64,13 +71,18 @@ def _values(method: str, r: int, rng: np.random.Generator) -> dict[str, float]:
     }
 
 
-def write_metrics(root: Path, method: str, r: int, rng, *, details=None, drop=()) -> Path:
+def run_dir(root: Path, method: str, seed: int, r: int) -> Path:
+    return root / method / f"seed_{seed}" / f"round_{r}"
+
+
+def write_metrics(root: Path, method: str, r: int, seed: int = 0, *, details=None, drop=()) -> Path:
     rows = []
-    for metric, value in _values(method, r, rng).items():
+    for metric, value in _values(method, r, seed).items():
         if metric in drop:
             continue
         rows.append({
             "method": method,
+            "replicate": seed,
             "round": r,
             "step": r * STEPS_PER_ROUND,
             "metric": metric,
@@ -80,82 +92,104 @@ def write_metrics(root: Path, method: str, r: int, rng, *, details=None, drop=()
                           "clip_score": "ranke-demo-clip"}.get(metric, ""),
             "details": json.dumps(details if details is not None else DETAILS),
         })
-    path = root / method / f"round_{r}" / "metrics.parquet"
+    path = run_dir(root, method, seed, r) / "metrics.parquet"
     write_parquet(pd.DataFrame(rows), path, "metrics")
     return path
 
 
-def write_train_log(root: Path, method: str, r: int, rng) -> Path:
+def write_bootstrap(root: Path, method: str, r: int, seed: int = 0, *, sample_set: str | None = None) -> Path:
+    """Resamples that share the prompt noise of their replicate (the same for every method), as
+    the score stage's shared resample weights make them."""
+    shared = np.random.default_rng([seed, 99]).normal(size=(len(BOOTSTRAPPED), RESAMPLES))
+    own = np.random.default_rng([seed, r, sum(map(ord, method))]).normal(size=(len(BOOTSTRAPPED), RESAMPLES))
+    values = _values(method, r, seed)
+    scale = {"clip_score": 0.3, "fid": 0.2, "code_kl": 0.002, "reward": 0.3}
+    rows = [pd.DataFrame({"method": method, "replicate": seed, "round": r, "metric": m,
+                          "resample": np.arange(RESAMPLES, dtype=np.int32),
+                          "value": values[m] + scale[m] * (shared[k] + 0.1 * own[k]),
+                          "sample_set": sample_set or f"prompts-seed{seed}"})
+            for k, m in enumerate(BOOTSTRAPPED)]
+    path = run_dir(root, method, seed, r) / "bootstrap.parquet"
+    write_parquet(pd.concat(rows, ignore_index=True), path, "bootstrap")
+    return path
+
+
+def write_train_log(root: Path, method: str, r: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng([seed, r, 7])
     mode = METHODS[method]["mode"]
     cols = [f.name for f in SCHEMAS["train_log"]]
     steps = np.arange(1, STEPS_PER_ROUND + 1)  # a round restarts its step count
     df = pd.DataFrame({c: np.full(len(steps), np.nan) for c in cols})
-    df["method"], df["round"], df["step"] = method, r, steps
+    df["method"], df["replicate"], df["round"], df["step"] = method, seed, r, steps
     df["phase"] = {"policy": "policy", "decoder": "decoder", "ranke": "both"}[mode]
     g = (r - 1) * STEPS_PER_ROUND + steps
     if mode in ("policy", "ranke"):
         df["reward_mean"] = 25 + 0.05 * g + rng.normal(0, 0.2, len(g))
         df["kl"] = 0.01 * g + rng.normal(0, 0.01, len(g))
-        df["loss_pg"] = rng.normal(0, 0.05, len(g))
+        df["loss_pg"] = rng.normal(0, 1e-7, len(g))  # numerically zero with one PPO epoch: no panel
+        df["ratio_mean"] = 1.0  # constant with one PPO epoch: no panel
     if mode in ("decoder", "ranke"):
         df["loss_disc"] = np.where(g > 10, 0.5 - 0.001 * g, 0.0)
         df["loss_rec"] = 0.3 + rng.normal(0, 0.01, len(g))
         df["loss_consistency"] = 0.01 + rng.normal(0, 0.002, len(g))
         df["loss_rank_gan"] = 0.7 + rng.normal(0, 0.05, len(g))
     df["step_time_s"] = 0.5
-    path = root / method / f"round_{r}" / "train_log.parquet"
+    path = run_dir(root, method, seed, r) / "train_log.parquet"
     write_parquet(df, path, "train_log")
     return path
 
 
-def write_grid(root: Path, method: str, r: int, k: int = 4, tile: int = 16) -> Path:
-    rng = np.random.default_rng(hash((method, r)) % 2**32)
+def write_grid(root: Path, method: str, r: int, seed: int = 0, k: int = 4, tile: int = 16) -> Path:
+    rng = np.random.default_rng(sum(map(ord, method)) + r)
     img = np.zeros((tile, tile * k, 3), np.uint8)
     for j in range(k):
         img[:, j * tile:(j + 1) * tile] = rng.integers(0, 255, 3)
         img[4:12, j * tile + 4:j * tile + 12] = 255
-    path = root / method / f"round_{r}" / "grid.png"
+    path = run_dir(root, method, seed, r) / "grid.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(img).save(path)
     return path
 
 
-def make_study(root: Path, *, extra_methods=(), grids=True):
-    rng = np.random.default_rng(0)
-    metrics, logs, grid_paths = [], [], []
-    metrics.append(write_metrics(root, "base", 0, rng))
-    if grids:
-        grid_paths.append(write_grid(root, "base", 0))
-    methods = dict(METHODS)
-    for name in extra_methods:
-        methods[name] = {"mode": "ranke", "schedule": "round"}
-    for m in [m for m in methods if m != "base"]:
-        for r in range(1, N_ROUNDS + 1):
-            metrics.append(write_metrics(root, m, r, rng, ))
-            if m in METHODS:
-                logs.append(write_train_log(root, m, r, rng))
-            if grids:
-                grid_paths.append(write_grid(root, m, r))
-    return methods, metrics, logs, grid_paths
+def make_study(root: Path, *, extra_methods: dict | None = None, grids=True, seeds=SEEDS):
+    methods = dict(METHODS, **(extra_methods or {}))
+    metrics, boots, logs, grid_paths = [], [], [], []
+    for seed in seeds:
+        runs = [("base", 0)] + [(m, r) for m in methods if m != "base" for r in range(1, N_ROUNDS + 1)]
+        for m, r in runs:
+            metrics.append(write_metrics(root, m, r, seed))
+            boots.append(write_bootstrap(root, m, r, seed))
+            if r and m in METHODS:
+                logs.append(write_train_log(root, m, r, seed))
+            if grids and seed == seeds[0] and r in (0, N_ROUNDS):
+                grid_paths.append(write_grid(root, m, r, seed))
+    return methods, metrics, boots, logs, grid_paths
 
 
 def all_metrics(paths) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
 
 
-def value(df, method, r, metric) -> float:
-    sel = df[(df.method == method) & (df["round"] == r) & (df.metric == metric)]
-    assert len(sel) == 1
-    return float(sel["value"].iloc[0])
+def per_seed(df, method, r, metric) -> np.ndarray:
+    sel = df[(df.method == method) & (df["round"] == r) & (df.metric == metric)].sort_values("replicate")
+    assert len(sel) == sel["replicate"].nunique() >= 1
+    return sel["value"].to_numpy(float)
+
+
+def t_bounds(values) -> tuple[float, float, float]:
+    v = np.asarray(values, float)
+    half = sps.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
+    return v.mean(), v.mean() - half, v.mean() + half
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
-    methods, metrics, logs, grids = make_study(root)
+    methods, metrics, boots, logs, grids = make_study(root)
     out = root / "report"
-    written = build.report(metrics, logs, grids, methods, out)
-    return {"root": root, "methods": methods, "metrics": metrics, "out": out, "written": written,
+    config = {"study": "synthetic", "methods": methods, "replicates": list(SEEDS), "report": {}}
+    written = build.report(metrics, boots, logs, grids, config, out, config_hash="abc123")
+    return {"root": root, "methods": methods, "metrics": metrics, "boots": boots, "out": out, "written": written,
             "df": all_metrics(metrics)}
 
 
@@ -168,75 +202,104 @@ def parse_md_table(text: str) -> list[list[str]]:
     return [[c.strip() for c in line.strip("|").split(" | ")] for line in lines[2:]]
 
 
-def test_main_csv_equals_metrics(study):
+def test_main_csv_is_the_mean_and_t_interval_over_replicates(study):
     df = study["df"]
     main = pd.read_csv(study["out"] / "main_table.csv")
-    assert list(main.method) == ["base", "policy", "decoder", "ranke"]
-    assert list(main.label) == ["Base", "Policy-only (std. RL)", "Decoder-only", "RankE"]
-    assert list(main.decoder) == ["frozen", "frozen", "co-evolved", "co-evolved"]
-    assert list(main["round"]) == [0, 3, 3, 3]
-    assert list(main.step) == [0, 45, 45, 45]
-    for row in main.itertuples():
+    rows = main[~main.method.str.startswith("delta:")]
+    assert list(rows.method) == ["base", "policy", "decoder", "ranke"]
+    assert list(rows.label) == ["Base", "Policy-only (std. RL)", "Decoder-only", "RankE"]
+    assert list(rows.decoder) == ["frozen", "frozen", "co-evolved", "co-evolved"]
+    assert list(rows["round"]) == [0, 3, 3, 3] and list(rows.step) == [0, 45, 45, 45]
+    assert set(rows.replicates) == {3} and set(rows.interval) == {stats.ACROSS}
+    for row in rows.itertuples():
         for m in tables.MAIN_METRICS:
-            assert getattr(row, m) == value(df, row.method, row.round, m)  # exact: CSV keeps full precision
-
-
-def test_main_markdown_numbers_bold_and_deltas(study):
-    df = study["df"]
-    md = (study["out"] / "main_table.md").read_text()
-    rows = parse_md_table(md)
-    assert [r[0] for r in rows] == ["Base", "Policy-only (std. RL)", "Decoder-only", "RankE"]
-    finals = {"base": 0, "policy": 3, "decoder": 3, "ranke": 3}
-    cell_re = re.compile(r"^(\*\*)?(-?[0-9.]+)(\*\*)?(?: \(([+\-±][0-9.]+) vs RL\))?$")
-    parsed = {}
-    for method, cells in zip(finals, rows):
-        for j, m in enumerate(tables.MAIN_METRICS):
-            match = cell_re.match(cells[2 + j])
-            assert match, cells[2 + j]
-            parsed[method, m] = (float(match.group(2)), bool(match.group(1)), match.group(4))
+            mean, lo, hi = t_bounds(per_seed(df, row.method, row.round, m))
+            assert getattr(row, m) == pytest.approx(mean, rel=1e-12)
+            assert (getattr(row, f"{m}_lo"), getattr(row, f"{m}_hi")) == pytest.approx((lo, hi), rel=1e-12)
+    # the paired delta row: RankE minus policy-only, per replicate, t-interval of the differences
+    (delta,) = main[main.method.str.startswith("delta:")].itertuples()
+    assert delta.method == "delta:ranke-policy"
     for m in tables.MAIN_METRICS:
-        raw = {me: value(df, me, r, m) for me, r in finals.items()}
+        d = per_seed(df, "ranke", 3, m) - per_seed(df, "policy", 3, m)
+        assert (getattr(delta, m), getattr(delta, f"{m}_lo"), getattr(delta, f"{m}_hi")) == pytest.approx(t_bounds(d))
+
+
+CELL = re.compile(r"^(\*\*)?([+-]?[0-9.]+) ± ([0-9.]+)(\*\*)?( \*)?$")
+
+
+def test_main_markdown_means_intervals_bold_and_deltas(study):
+    df = study["df"]
+    rows = parse_md_table((study["out"] / "main_table.md").read_text())
+    assert [r[0] for r in rows] == ["Base", "Policy-only (std. RL)", "Decoder-only", "RankE",
+                                    "Δ RankE − Policy-only (std. RL)"]
+    finals = {"base": 0, "policy": 3, "decoder": 3, "ranke": 3}
+    for j, m in enumerate(tables.MAIN_METRICS):
         d = tables.decimals_for(m, df.loc[df.metric == m, "value"])
-        for me in finals:
-            assert parsed[me, m][0] == pytest.approx(round(raw[me], d), abs=10 ** -(d + 3))
-        # bold: exactly the best (max for CLIP / reward, min for FID / code-KL) at printed precision,
-        # so that printed ties are all bold (the synthetic reward of policy and RankE ties)
+        means = {me: per_seed(df, me, r, m).mean() for me, r in finals.items()}
+        bold = set()
+        for me, cells in zip(finals, rows):
+            match = CELL.match(cells[2 + j])
+            assert match, cells[2 + j]
+            mean, lo, hi = t_bounds(per_seed(df, me, finals[me], m))
+            assert float(match.group(2)) == pytest.approx(round(mean, d), abs=10 ** -(d + 3))
+            assert float(match.group(3)) == pytest.approx(round((hi - lo) / 2, d), abs=10 ** -(d + 3))
+            if match.group(1):
+                bold.add(me)
+        # bold: the best mean (max for CLIP / reward, min for FID / code-KL) at printed precision
         better = max if m in ("clip_score", "reward") else min
-        printed = {me: round(v, d) for me, v in raw.items()}
-        best = {me for me in finals if printed[me] == better(printed.values())}
-        assert {me for me in finals if parsed[me, m][1]} == best
-        # delta: RankE minus policy-only, only on the RankE row
-        delta = float(parsed["ranke", m][2].replace("±", ""))
-        assert delta == pytest.approx(round(raw["ranke"] - raw["policy"], d), abs=10 ** -(d + 3))
-        assert all(parsed[me, m][2] is None for me in ("base", "policy", "decoder"))
-    # synthetic numbers are built so that RankE has the best CLIP, decoder-only the best FID
-    assert parsed["ranke", "clip_score"][1] and parsed["decoder", "fid"][1]
-    assert parsed["ranke", "reward"][1] and parsed["policy", "reward"][1]
+        printed = {me: round(v, d) for me, v in means.items()}
+        assert bold == {me for me in finals if printed[me] == better(printed.values())}
+        # the delta row: signed, and * exactly when its interval excludes 0
+        match = CELL.match(rows[-1][2 + j])
+        diffs = per_seed(df, "ranke", 3, m) - per_seed(df, "policy", 3, m)
+        mean, lo, hi = t_bounds(diffs)
+        assert float(match.group(2)) == pytest.approx(round(mean, d), abs=10 ** -(d + 3))
+        assert bool(match.group(5)) == (lo > 0 or hi < 0)
+    # the synthetic RankE gains 1.3 CLIP over RL in every replicate: a clear, marked difference
+    assert rows[-1][2].endswith(" *") and rows[-1][2].startswith("+1.")
 
 
-def test_footnote_comes_from_details(study):
+def test_footnote_states_protocol_intervals_and_provenance(study):
     md = (study["out"] / "main_table.md").read_text()
     tex = (study["out"] / "main_table.tex").read_text()
     for fact in ("200 prompts", "200 generated images per method", "CFG 4", "top-k off", "top-p 1",
                  "FID features: demo CLIP image tower", "CLIP score: 100 x mean cosine, demo CLIP, no prefix",
-                 "online decoder weights", "16 px", "Reward: ranke-demo-clip", "real-data floor", "0.01235"):
+                 "online decoder weights", "16 px", "Reward: ranke-demo-clip", "real-data floor", "0.01235",
+                 "mean over 3 replicates (seeds 0, 1, 2", "95% Student-t interval", "paired within each replicate",
+                 f"B = {RESAMPLES} resamples", "Study synthetic; config abc123; code ranke"):
         assert fact in md, fact
     assert "FID features: demo CLIP image tower" in tex
-    assert "\\toprule" in tex and "\\bottomrule" in tex and "\\textbf{" in tex
-    assert "vs RL" in tex
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "\\textbf{" in tex and "$\\pm$" in tex
+    assert tex.count("\\midrule") == 2  # under the header, and above the delta row
+    protocol = json.loads((study["out"] / "protocol.json").read_text())
+    assert protocol["study"] == "synthetic" and protocol["config_hash"] == "abc123"
+    assert protocol["replicates"] == list(SEEDS) and protocol["code_version"].startswith("ranke ")
+
+
+def test_one_replicate_shows_bootstrap_intervals(tmp_path):
+    methods, metrics, boots, _, _ = make_study(tmp_path, grids=False, seeds=(5,))
+    m, b = tables.load_metrics(metrics), tables.load_bootstrap(boots)
+    t = tables.main_table(m, methods, b)
+    md = tables.main_table_markdown(t)
+    assert "One replicate (seed 5)" in md and "evaluation noise only" in md
+    cells = parse_md_table(md)
+    assert re.match(r"^\*?\*?[0-9.]+ \[[0-9.]+, [0-9.]+\]", cells[0][2]), cells[0][2]
+    boot = b[(b.method == "ranke") & (b["round"] == 3) & (b.metric == "clip_score")].sort_values("resample")
+    ref = stats.bootstrap_interval(per_seed(m, "ranke", 3, "clip_score")[0], boot["value"])
+    row = t.rows.set_index("method").loc["ranke"]
+    assert (row.clip_score_lo, row.clip_score_hi) == pytest.approx((ref.lo, ref.hi))
+    assert t.deltas[0].intervals["clip_score"].kind == stats.WITHIN
 
 
 def test_footnote_changes_with_details_and_flags_mismatch(tmp_path):
-    rng = np.random.default_rng(1)
     other = dict(DETAILS, cfg_scale=6.0, fid_extractor="Inception-v3 (torch-fidelity inception-v3-compat)")
     other.pop("clip_convention")
-    paths = [write_metrics(tmp_path, "base", 0, rng, details=other),
-             write_metrics(tmp_path, "policy", 1, rng, details=other)]
+    paths = [write_metrics(tmp_path, "base", 0, details=other), write_metrics(tmp_path, "policy", 1, details=other)]
     t = tables.main_table(tables.load_metrics(paths), {"policy": {"mode": "policy"}})
     assert "CFG 6" in t.footnote and "Inception-v3 (torch-fidelity inception-v3-compat)" in t.footnote
     assert "100 x mean cosine" not in t.footnote
     # a protocol fact that differs between methods is shown with who used which value
-    paths.append(write_metrics(tmp_path, "ranke", 1, rng, details=dict(other, cfg_scale=7.5)))
+    paths.append(write_metrics(tmp_path, "ranke", 1, details=dict(other, cfg_scale=7.5)))
     t = tables.main_table(tables.load_metrics(paths), METHODS)
     assert "CFG 6 (Base, Policy-only (std. RL)); 7.5 (RankE) [differs between methods]" in t.footnote
 
@@ -244,7 +307,7 @@ def test_footnote_changes_with_details_and_flags_mismatch(tmp_path):
 def test_footnote_from_score_stage_details(tmp_path):
     """The score stage's layout: common keys on every row, conventions/labels on their metric's row."""
     common = {"n_prompts": 50, "n_samples": 50, "image_size": 32, "cfg_scale": 4.0, "temperature": 1.0,
-              "top_k": 0, "top_p": 1.0, "sampling_seed": 42, "decoder": "ema", "backbone": "llamagen"}
+              "top_k": 0, "top_p": 1.0, "decoder": "ema", "backbone": "llamagen"}
     per_metric = {
         "clip_score": ("ranke-demo-clip", {"convention": "100 x mean cosine, demo CLIP, prefix ''"}),
         "fid": ("clip-image", {"label": "FID (demo CLIP features)", "reference_images": 300,
@@ -256,45 +319,96 @@ def test_footnote_from_score_stage_details(tmp_path):
     }
     paths = []
     for method, r in (("base", 0), ("policy", 1), ("ranke", 1)):
-        rows = [{"method": method, "round": r, "step": 10 * r, "metric": m, "n": 50,
-                 "value": 0.0123 if m == "code_kl_real_floor" else 1.0 + r,
-                 "extractor": ext, "details": json.dumps({**common, "decoder_path": f"/x/{method}/vq.pt", **d})}
-                for m, (ext, d) in per_metric.items()]
-        paths.append(tmp_path / method / "metrics.parquet")
-        write_parquet(pd.DataFrame(rows), paths[-1], "metrics")
-    note = tables.main_table(tables.load_metrics(paths), METHODS).footnote
+        for seed in (0, 1):  # per-replicate facts (sampling seed, sample set, code) never reach the footnote
+            rows = [{"method": method, "replicate": seed, "round": r, "step": 10 * r, "metric": m, "n": 50,
+                     "value": 0.0123 if m == "code_kl_real_floor" else 1.0 + r + seed,
+                     "extractor": ext, "details": json.dumps({**common, "decoder_path": f"/x/{method}/vq.pt",
+                                                              "sampling_seed": 42 + seed, "sample_set": f"s{seed}",
+                                                              "code_version": f"v{seed}", **d})}
+                    for m, (ext, d) in per_metric.items()]
+            paths.append(tmp_path / method / f"seed_{seed}" / "metrics.parquet")
+            write_parquet(pd.DataFrame(rows), paths[-1], "metrics")
+    t = tables.main_table(tables.load_metrics(paths), METHODS)
+    note = t.footnote
     for fact in ("Protocol: 50 prompts, 50 generated images per method, 32 px, CFG 4, temperature 1, top-k off, "
                  "top-p 1, ema decoder weights.",
                  "FID (demo CLIP features), extractor clip-image (50 generated, 300 real images).",
                  "CLIP score: 100 x mean cosine, demo CLIP, prefix ''.",
                  "Reward: ranke-demo-clip, 100 x mean cosine.",
                  "code-KL: KL(generated || real), nats; real-data floor (two halves of the real codes) 0.0123.",
-                 "Other protocol facts: backbone llamagen, sampling_seed 42."):
+                 "Other protocol facts: backbone llamagen."):
         assert fact in note, (fact, note)
-    for noise in ("decoder_path", "sha256", "timing", "differs", "half A"):
+    for noise in ("decoder_path", "sha256", "timing", "differs", "half A", "sampling_seed", "sample_set", "v1"):
         assert noise not in note
+    # the FID column names its feature space
+    assert t.headers["md"]["fid"] == "FID ↓ (demo CLIP features)"
 
 
-def test_rounds_table_equals_metrics(study):
+def test_rounds_table_is_the_mean_over_replicates(study):
     df = study["df"]
     csv = pd.read_csv(study["out"] / "rounds_table.csv")
     assert len(csv) == 1 + 3 * N_ROUNDS
-    assert set(csv.columns) >= set(df.metric)
     for row in csv.to_dict("records"):
         for metric in set(df.metric):
-            assert row[metric] == value(df, row["method"], row["round"], metric)
-    md_rows = parse_md_table((study["out"] / "rounds_table.md").read_text())
-    header = [line for line in (study["out"] / "rounds_table.md").read_text().splitlines() if line.startswith("|")][0]
-    names = [c.strip() for c in header.strip("|").split(" | ")]
-    label_to_metric = {tables.metric_spec(m).label: m for m in df.metric.unique()}
-    for cells, row in zip(md_rows, csv.to_dict("records")):
-        assert int(cells[1]) == row["round"] and int(cells[2]) == row["step"]
-        for name, cell in zip(names[3:], cells[3:]):
-            m = label_to_metric[name]
-            d = tables.decimals_for(m, df.loc[df.metric == m, "value"])
-            assert float(cell) == pytest.approx(round(row[m], d), abs=10 ** -(d + 3))
+            mean, lo, hi = t_bounds(per_seed(df, row["method"], row["round"], metric))
+            assert row[metric] == pytest.approx(mean, rel=1e-12)
+            if np.isfinite(lo) and hi > lo:
+                assert (row[f"{metric}_lo"], row[f"{metric}_hi"]) == pytest.approx((lo, hi), rel=1e-9)
+    text = (study["out"] / "rounds_table.md").read_text()
+    header = [line for line in text.splitlines() if line.startswith("|")][0]
+    # bookkeeping (sample count, scoring time, constant real-data columns) stays in the CSV
+    for hidden in ("samples", "score time", "real code entropy", "real floor"):
+        assert hidden not in header
     tex = (study["out"] / "rounds_table.tex").read_text()
     assert tex.count(r"\\") == 1 + len(csv)  # header + one line per row
+
+
+# ----------------------------------------------------------------------------------------------
+# Ablations and the paired deltas
+
+
+def test_ablation_table_and_deltas(tmp_path):
+    extra = {"ranke_uniform": {"mode": "ranke", "train": {"decoder": {"rank_k": 8, "rank_weighting": "uniform"}}},
+             "ranke_round": {"mode": "ranke", "schedule": "round"}}
+    methods, metrics, boots, logs, _ = make_study(tmp_path, extra_methods=extra, grids=False)
+    out = tmp_path / "report"
+    build.report(metrics, boots, logs, [], {"methods": methods, "report": {}}, out)
+    # the variants are not rows of the main table
+    main = pd.read_csv(out / "main_table.csv")
+    assert not main.method.isin(list(extra)).any()
+    ab = pd.read_csv(out / "ablation_table.csv")
+    assert list(ab.method) == ["policy", "decoder", "ranke_uniform", "ranke_round"]
+    assert set(ab.reference) == {"ranke"}
+    overrides = ab.set_index("method")["overrides"].fillna("")
+    assert overrides["ranke_uniform"] == "decoder.rank_k=8, decoder.rank_weighting=uniform"
+    assert overrides["ranke_round"] == "schedule=round"
+    df = all_metrics(metrics)
+    for row in ab.itertuples():
+        d = per_seed(df, row.method, 3, "clip_score") - per_seed(df, "ranke", 3, "clip_score")
+        assert (row.clip_score_delta, row.clip_score_delta_lo, row.clip_score_delta_hi) == pytest.approx(t_bounds(d))
+        assert row.clip_score_delta_p == pytest.approx(sps.ttest_1samp(d, 0).pvalue)
+    md = (out / "ablation_table.md").read_text()
+    assert "decoder.rank_k=8" in md and "Δ = method − RankE" in md
+    # deltas.csv: both tables' comparisons, across replicates and within each replicate
+    deltas = pd.read_csv(out / "deltas.csv")
+    assert set(deltas.table) == {"main", "ablation"}
+    main_rows = deltas[(deltas.table == "main") & (deltas.metric == "fid")]
+    assert list(main_rows.level) == ["across replicates"] + ["within replicate"] * 3
+    b = tables.load_bootstrap(boots)
+    for rep in SEEDS:
+        pick = lambda m: b[(b.method == m) & (b.replicate == rep) & (b["round"] == 3)  # noqa: E731
+                           & (b.metric == "fid")].sort_values("resample")["value"].to_numpy()
+        point = per_seed(df, "ranke", 3, "fid")[rep] - per_seed(df, "policy", 3, "fid")[rep]
+        ref = stats.bootstrap_interval(point, pick("ranke") - pick("policy"))
+        row = main_rows[main_rows.replicate == rep].iloc[0]
+        assert (row.delta, row.lo, row.hi, row.p_value) == pytest.approx((ref.estimate, ref.lo, ref.hi, ref.p))
+
+
+def test_deltas_refuse_runs_scored_on_different_prompts(tmp_path):
+    methods, metrics, boots, _, _ = make_study(tmp_path, grids=False, seeds=(0,))
+    write_bootstrap(tmp_path, "policy", N_ROUNDS, 0, sample_set="other prompts")
+    with pytest.raises(ValueError, match="different prompts or sampling seeds"):
+        tables.main_table(tables.load_metrics(metrics), methods, tables.load_bootstrap(boots))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,14 +440,14 @@ def test_all_figures_written(study):
 
 def test_samples_grid_rows_per_method(study):
     infos = tables.method_infos(study["methods"], set(study["methods"]))
-    grids = sorted(study["root"].glob("*/round_*/grid.png"))
+    grids = sorted(study["root"].glob("*/seed_0/round_*/grid.png"))
     fig = plots.plot_samples(grids, infos, tile=16)
     (ax,) = fig.axes
     labels = [t.get_text() for t in ax.texts]
     assert labels == ["Base", "Policy-only\n(std. RL)\n(round 3)", "Decoder-only\n(round 3)", "RankE\n(round 3)"]
     canvas = ax.images[0].get_array()
     assert canvas.shape == (4 * 16 + 3 * 1, 4 * 16 + 3 * 1, 3)  # 4 methods x 4 prompts of 16 px, 1 px gaps
-    tiles = plots.load_grid(study["root"] / "ranke" / "round_3" / "grid.png", 16)
+    tiles = plots.load_grid(study["root"] / "ranke" / "seed_0" / "round_3" / "grid.png", 16)
     assert np.array_equal(canvas[3 * 17:3 * 17 + 16, 17:33], tiles[1])  # RankE row, second prompt
 
 
@@ -350,8 +464,8 @@ def test_split_tiles_layouts():
     strip = np.concatenate(imgs, axis=1)  # plain mosaic, and a strip without a tile size
     assert len(plots.split_tiles(strip, tile)) == 5 and len(plots.split_tiles(strip)) == 5
     assert len(plots.split_tiles(np.zeros((5, 7, 3), np.uint8), tile)) == 1  # unknown layout: whole
-    assert plots.parse_grid_path("results/ranke/round_3/images/grid.png") == ("ranke", 3)
-    assert plots.parse_grid_path("results/base/round_0/grid.png") == ("base", 0)
+    assert plots.parse_grid_path("results/demo/ranke/seed_2/round_3/images/grid.png") == ("ranke", 3)
+    assert plots.parse_grid_path("results/demo/base/seed_0/round_0/grid.png") == ("base", 0)
 
 
 def test_global_steps_handles_restarting_and_cumulative_counts():
@@ -359,6 +473,16 @@ def test_global_steps_handles_restarting_and_cumulative_counts():
     assert plots.global_steps(local)["gstep"].tolist() == [1, 2, 3, 4]
     cumulative = pd.DataFrame({"method": "m", "round": [1, 1, 2, 2], "step": [0, 1, 2, 3]})
     assert plots.global_steps(cumulative)["gstep"].tolist() == [0, 1, 2, 3]
+    two = pd.DataFrame({"method": "m", "replicate": [0, 0, 1, 1], "round": [1, 2, 1, 2], "step": [1, 1, 1, 1]})
+    assert plots.global_steps(two).sort_values(["replicate", "round"])["gstep"].tolist() == [1, 2, 1, 2]
+
+
+def test_train_curves_skip_dead_panels(study):
+    fig = plots.plot_train_curves(tables.load_train_logs(sorted(study["root"].glob("*/seed_*/round_*/train_log.parquet"))),
+                                  tables.method_infos(study["methods"], set(study["methods"])))
+    titles = {ax.get_title() for ax in fig.axes if ax.get_visible()}
+    assert "policy KL" in titles and "EMA consistency loss" in titles
+    assert "mean ratio" not in titles and "policy-gradient loss" not in titles
 
 
 # ----------------------------------------------------------------------------------------------
@@ -366,32 +490,32 @@ def test_global_steps_handles_restarting_and_cumulative_counts():
 
 
 def test_missing_optional_inputs_and_metrics(tmp_path):
-    rng = np.random.default_rng(2)
-    paths = [write_metrics(tmp_path, "base", 0, rng, drop=("fid",)),
-             write_metrics(tmp_path, "ranke", 1, rng, drop=("fid", "reward"), details={})]
+    paths = [write_metrics(tmp_path, "base", 0, drop=("fid",)),
+             write_metrics(tmp_path, "ranke", 1, drop=("fid", "reward"), details={})]
     out = tmp_path / "report"
     (out).mkdir()
     (out / "samples.png").write_bytes(b"stale")
-    written = build.report(paths, [], None, {"ranke": {"mode": "ranke"}}, out)
+    written = build.report(paths, [], None, None, {"methods": {"ranke": {"mode": "ranke"}}}, out)
     assert "train_curves" not in written and "samples" not in written
     assert not (out / "samples.png").exists()  # stale output of an earlier run removed
     for stem in ("curves", "pareto", "code_shift"):
         assert (out / f"{stem}.png").stat().st_size > 0 and (out / f"{stem}.pdf").stat().st_size > 0
     main = pd.read_csv(out / "main_table.csv")
     assert main.fid.isna().all() and math.isnan(main.loc[main.method == "ranke", "reward"].iloc[0])
-    assert main.clip_score_delta.isna().all()  # no policy-only method: no deltas
+    assert not main.method.str.startswith("delta:").any()  # no policy-only method: no deltas
     md = (out / "main_table.md").read_text()
-    assert "–" in md and "vs RL" not in md
+    assert "–" in md and "Δ" not in md and "no bootstrap resamples: no intervals" in md
 
 
 def test_unknown_method_gets_its_name(tmp_path):
-    methods, metrics, _, _ = make_study(tmp_path, extra_methods=("ranke_block",), grids=False)
-    t = tables.main_table(tables.load_metrics(metrics), methods)
+    methods, metrics, boots, _, _ = make_study(tmp_path, extra_methods={"ranke_block": {"mode": "ranke"}},
+                                               grids=False)
+    t = tables.main_table(tables.load_metrics(metrics), methods, tables.load_bootstrap(boots))
     main = t.rows.set_index("method")
     assert list(main.label) == ["Base", "Policy-only (std. RL)", "Decoder-only", "RankE", "ranke_block"]
     assert main.loc["ranke_block", "decoder"] == "co-evolved"
-    assert t.delta_methods == ["ranke", "ranke_block"]  # every RankE-mode method gets its delta
-    assert np.isfinite(main.loc["ranke_block", [f"{m}_delta" for m in tables.MAIN_METRICS]]).all()
+    assert [d.method for d in t.deltas] == ["ranke", "ranke_block"]  # every RankE-mode method gets its delta
+    assert all(np.isfinite(iv.estimate) for iv in t.deltas[1].intervals.values())
     # a config `label` wins over the built-in names
     t = tables.main_table(tables.load_metrics(metrics), dict(methods, ranke={"mode": "ranke", "label": "RankE (ours)"}))
     assert "RankE (ours)" in tables.main_table_markdown(t)
@@ -400,12 +524,14 @@ def test_unknown_method_gets_its_name(tmp_path):
 def test_cli_forwards_arguments(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(build, "report", lambda *a, **k: seen.update(args=a, kwargs=k))
-    cfg = {"methods": METHODS, "report": {"grid_prompts": 3}}
-    rc = build.main(["--config-json", json.dumps(cfg), "--metrics", "a.parquet", "b.parquet",
-                     "--grids", "base/round_0/grid.png", "--out-dir", str(tmp_path / "r")])
+    cfg = {"study": "s", "methods": METHODS, "report": {"grid_prompts": 3}}
+    rc = build.main(["--config-json", json.dumps(cfg), "--config-hash", "h1", "--metrics", "a.parquet", "b.parquet",
+                     "--bootstrap", "c.parquet", "--grids", "base/seed_0/round_0/grid.png", "--out-dir",
+                     str(tmp_path / "r")])
     assert rc == 0
-    assert seen["args"] == (["a.parquet", "b.parquet"], [], ["base/round_0/grid.png"], METHODS, str(tmp_path / "r"))
-    assert seen["kwargs"] == {"prompts_path": None, "grid_prompts": 3}
+    assert seen["args"] == (["a.parquet", "b.parquet"], ["c.parquet"], [], ["base/seed_0/round_0/grid.png"], cfg,
+                            str(tmp_path / "r"))
+    assert seen["kwargs"] == {"prompts_path": None, "config_hash": "h1"}
     from ranke import cli
 
     with pytest.raises(SystemExit) as e:
@@ -414,9 +540,8 @@ def test_cli_forwards_arguments(tmp_path, monkeypatch):
 
 
 def test_duplicate_metric_rows_are_an_error(tmp_path):
-    rng = np.random.default_rng(3)
-    a = write_metrics(tmp_path / "a", "base", 0, rng)
-    b = write_metrics(tmp_path / "b", "base", 0, rng)
+    a = write_metrics(tmp_path / "a", "base", 0)
+    b = write_metrics(tmp_path / "b", "base", 0)
     with pytest.raises(ValueError, match="several values"):
         tables.load_metrics([a, b])
 
@@ -427,10 +552,10 @@ def test_latex_escape():
 
 def test_html_tables(study):
     page = (study["out"] / "main_table.html").read_text()
-    assert page.startswith("<!DOCTYPE html>") and page.count("<tr>") == 1 + 4
+    assert page.startswith("<!DOCTYPE html>") and page.count("<tr>") == 1 + 4 + 1  # header, methods, delta
     md = (study["out"] / "main_table.md").read_text()
     assert page.count("<b>") == md.count("**") // 2  # same cells in bold
-    assert "demo CLIP image tower" in page and "vs RL" in page
+    assert "demo CLIP image tower" in page and "Δ RankE − Policy-only" in page
     rounds = (study["out"] / "rounds_table.html").read_text()
     assert rounds.count("<tr>") == 1 + 1 + 3 * N_ROUNDS
 
@@ -445,8 +570,8 @@ def test_report_captions_render(config):
     root = Path(__file__).resolve().parents[1]
     cfg = yaml.safe_load((root / "config.yaml").read_text()) if config == "shipped" else {}
     captions = sorted((root / "workflow" / "report").glob("*.rst"))
-    assert {p.stem for p in captions} >= {"main_table", "rounds_table", "curves", "pareto", "code_shift",
-                                         "train_curves", "samples"}
+    assert {p.stem for p in captions} >= {"main_table", "ablation_table", "rounds_table", "curves", "pareto",
+                                         "code_shift", "train_curves", "samples"}
     snakemake = type("S", (), {"config": cfg})()
     for path in captions:
         text = jinja2.Environment().from_string(path.read_text()).render(snakemake=snakemake)

@@ -235,7 +235,10 @@ def test_snakemake_profile_slurm_runs_rules_as_jobs(slurm_cluster, tmp_path):
 TINY = "tests/configs/tiny.yaml"
 RESUME_FILE = "resume.pt"  # ranke.train.round.RESUME_FILE (not imported: that module loads torch)
 WORKFLOW_FILES = ["Snakefile", "config.yaml", "workflow", "envs", "tests/configs"]
-ROUND_LOG = "logs/{method}/round_{round}/train.log"  # the train_round rule's log (workflow/rules/train.smk)
+# the tiny study's trees (config `study` demo, one replicate: seed 0; workflow/rules/common.smk)
+RESULTS = "results/demo"
+RUN_DIR = RESULTS + "/{method}/seed_0/round_{round}"
+ROUND_LOG = "logs/demo/{method}/seed_0/round_{round}/train.log"  # the train_round rule's log (workflow/rules/train.smk)
 SUBMITTED_ROUND = re.compile(r"submitted round job (\d+) \((\w+)")
 # Fault 2: a value the schema accepts but a stage rejects when it runs. Only the fid_reference
 # rule computes with it (a reference set of one image: "need >= 2 reference images"); the score
@@ -386,8 +389,8 @@ class RoundCanceller:
         tried = set()
         while not self._stop.is_set() and self.cancelled is None:
             # the resume checkpoint only: work/ also holds job.json, written at submission
-            for resume in self.workdir.glob(f"results/*/round_*/work/{RESUME_FILE}"):
-                method, round_dir = resume.parts[-4], resume.parts[-3]
+            for resume in self.workdir.glob(f"{RESULTS}/*/seed_0/round_*/work/{RESUME_FILE}"):
+                method, round_dir = resume.parts[-5], resume.parts[-3]
                 if (method, round_dir) in tried:
                     continue
                 log = self.workdir / ROUND_LOG.format(method=method, round=round_dir.split("_")[1])
@@ -531,11 +534,11 @@ def _cluster_runs(slurm_cluster, cluster: Path, config: dict, env: dict, tmp_pat
     for log in failed_logs:
         assert FAULT_MESSAGE in (cluster / log).read_text(), log
     # nothing downstream of the cancelled round ran on partial data
-    round_dir = cluster / f"results/{m}/round_{r}"
+    round_dir = cluster / RUN_DIR.format(method=m, round=r)
     assert not (round_dir / "checkpoint").exists() and not (round_dir / "train_log.parquet").exists()
     assert (cluster / cancelled["checkpoint"]).exists(), "the round's work/ checkpoint must survive the cancel"
-    downstream = [round_dir / "samples.parquet", round_dir / "metrics.parquet", cluster / "results/report"]
-    downstream += [cluster / f"results/{m}/round_{k}" for k in range(r + 1, config["rounds"]["n"] + 1)]
+    downstream = [round_dir / "samples.parquet", round_dir / "metrics.parquet", cluster / RESULTS / "report"]
+    downstream += [cluster / RUN_DIR.format(method=m, round=k) for k in range(r + 1, config["rounds"]["n"] + 1)]
     assert not [str(p) for p in downstream if p.exists()], "outputs downstream of the cancelled round exist"
     after_a = _snapshot(cluster)
 
@@ -658,6 +661,6 @@ def _killed_driver_reattaches(slurm_cluster, cluster: Path, env: dict, out: Path
     # one job (one submission in the folder, one start of the round in its log), completed
     assert submitted_jobs(out / "submitit") == [job_id] and round_runs_in(out / "submitit") == [job_id]
     assert slurm_cluster.wait_final([job_id])[job_id]["State"] == "COMPLETED"
-    round_dir = cluster / f"results/{method}/round_1"
+    round_dir = cluster / RUN_DIR.format(method=method, round=1)
     assert_same_round_outputs(round_dir / "checkpoint", round_dir / "train_log.parquet", out / "checkpoint",
                               out / "train_log.parquet")

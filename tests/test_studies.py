@@ -44,7 +44,8 @@ def test_study_runs_end_to_end_on_standins(name, standin_sets, tmp_path):
     assert planned_rules(out) == _expected_jobs(study)
 
     # the production loaders did the measuring, and every number is finite
-    metrics = [io.read_parquet(p, "metrics") for p in sorted((work / "results").glob("*/round_*/metrics.parquet"))]
+    results = work / "results" / study["study"]  # one tree per study
+    metrics = [io.read_parquet(p, "metrics") for p in sorted(results.glob("*/seed_*/round_*/metrics.parquet"))]
     assert len(metrics) == _expected_jobs(study)["score"]
     for m in metrics:
         rows = m.set_index("metric")
@@ -56,10 +57,10 @@ def test_study_runs_end_to_end_on_standins(name, standin_sets, tmp_path):
         assert json.loads(rows.loc["reward", "details"])["kind"] == "hf_clip"
         assert json.loads(rows.loc["fid", "details"])["backbone"] == study["backbone"]
     # the rounds trained with the study's LPIPS-VGG and reward (the round's own record)
-    for done in sorted((work / "results").glob("*/round_*/checkpoint/DONE")):
+    for done in sorted(results.glob("*/seed_*/round_*/checkpoint/DONE")):
         record = json.loads(done.read_text())
         assert record["perceptual"] == "lpips-vgg" and record["reward"] == "hf_clip", done
 
-    report = work / "results" / "report"
+    report = results / "report"
     for f in ("main_table.md", "main_table.tex", "rounds_table.csv", "curves.png", "samples.png"):
         assert (report / f).stat().st_size > 0, f

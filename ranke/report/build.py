@@ -1,12 +1,17 @@
-"""Stage `report`: every table and figure of the study, from the metrics / train-log files.
+"""Stage `report`: every table and figure of the study, from the score and round outputs.
 
-    python -m ranke report --config-json '{"methods": {...}, "report": {"grid_prompts": 8}}' \
-        --metrics results/*/round_*/metrics.parquet --train-logs results/*/round_*/train_log.parquet \
-        [--grids results/*/round_*/grid.png] [--prompts results/prompts.parquet] --out-dir results/report
+    python -m ranke report --config-json '{"study": "demo", "methods": {...}, "replicates": [0, 1],
+        "report": {...}}' --config-hash H --metrics results/demo/*/seed_*/round_*/metrics.parquet
+        --bootstrap results/demo/*/seed_*/round_*/bootstrap.parquet
+        --train-logs results/demo/*/seed_*/round_*/train_log.parquet
+        [--grids results/demo/*/seed_0/round_*/grid.png] [--prompts results/demo/prompts.parquet]
+        --out-dir results/demo/report
 
 Output names are fixed (OUTPUTS), so that the Snakemake rule can list them. The train-curve and
 sample figures are written only when their inputs are given (a stale copy from an earlier run is
-removed, so the directory never shows a figure of inputs that are no longer there).
+removed, so the directory never shows a figure of inputs that are no longer there). Every
+interval is computed by ranke.report.stats; protocol.json also records the study, the config
+hash and the code version.
 """
 
 from __future__ import annotations
@@ -21,14 +26,17 @@ import matplotlib as mpl
 import pandas as pd
 
 from ranke.io import atomic_path, read_parquet, write_json, write_text
-from ranke.report import plots, tables
-from ranke.runtime import parse_config_json, setup_logging
+from ranke.report import plots, stats, tables
+from ranke.runtime import code_version, parse_config_json, setup_logging
 
 log = logging.getLogger("ranke.report")
 
 OUTPUTS: dict[str, list[str]] = {
     "main_table": ["main_table.md", "main_table.tex", "main_table.csv", "main_table.html"],
+    "ablation_table": ["ablation_table.md", "ablation_table.tex", "ablation_table.csv", "ablation_table.html"],
     "rounds_table": ["rounds_table.md", "rounds_table.tex", "rounds_table.csv", "rounds_table.html"],
+    "deltas": ["deltas.csv"],
+    "replicates": ["replicates.csv"],
     "protocol": ["protocol.json"],
     "curves": ["curves.png", "curves.pdf"],
     "pareto": ["pareto.png", "pareto.pdf"],
@@ -67,49 +75,84 @@ def _captions(prompts_path, k: int) -> list[str] | None:
     return prompts["caption"].head(k).tolist()
 
 
+def _fid_label(metrics: pd.DataFrame) -> str:
+    """"FID (Inception)" / "FID (demo CLIP features)": the score stage's label, if one for all."""
+    labels = {json.loads(d).get("label") for d in metrics.loc[metrics.metric == "fid", "details"] if d}
+    labels.discard(None)
+    return labels.pop() if len(labels) == 1 else "FID"
+
+
 def report(
     metrics_paths: list,
+    bootstrap_paths: list | None,
     train_log_paths: list | None,
     grid_paths: list | None,
-    config_methods: dict,
+    config: dict,
     out_dir,
     *,
     prompts_path=None,
-    grid_prompts: int | None = None,
+    config_hash: str | None = None,
 ) -> dict[str, list[Path]]:
-    """Write all tables and figures into out_dir; returns {output name: [paths written]}."""
+    """Write all tables and figures into out_dir; returns {output name: [paths written]}.
+
+    `config`: {"methods": {name: {mode, schedule?, label?, train?}}, "report": {...}, "study": ...,
+    "replicates": [...]} (the report's stage config)."""
     t0 = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    methods = config.get("methods") or {}
+    rc = config.get("report") or {}
+    confidence = float(rc.get("confidence", 0.95))
+    refs = {"rl_reference": rc.get("rl_reference"), "ablation_reference": rc.get("ablation_reference")}
     metrics = tables.load_metrics(metrics_paths)
-    infos = tables.method_infos(config_methods, set(metrics["method"]))
-    log.info("metrics: %d rows from %d files; methods %s; rounds %s", len(metrics), len(metrics_paths),
-             list(infos), tables.final_rounds(metrics))
+    boot = tables.load_bootstrap(bootstrap_paths)
+    infos = tables.method_infos(methods, set(metrics["method"]))
+    provenance = {"study": config.get("study"), "config_hash": config_hash, "code_version": code_version(),
+                  "replicates": sorted(int(s) for s in metrics["replicate"].unique()),
+                  "score_code_versions": sorted({json.loads(d).get("code_version") or "?" for d in
+                                                 metrics.loc[metrics.metric == "clip_score", "details"] if d})}
+    log.info("metrics: %d rows from %d files; methods %s; replicates %s; final rounds %s; bootstrap rows %d",
+             len(metrics), len(metrics_paths), list(infos), provenance["replicates"], tables.final_rounds(metrics),
+             0 if boot is None else len(boot))
     written: dict[str, list[Path]] = {}
 
-    main = tables.main_table(metrics, config_methods)
-    for name, text in (("main_table.md", tables.main_table_markdown(main)),
-                       ("main_table.tex", tables.main_table_latex(main)),
-                       ("main_table.csv", tables.main_table_csv(main)),
-                       ("main_table.html", tables.main_table_html(main))):
-        write_text(text, out_dir / name)
-    written["main_table"] = [out_dir / n for n in OUTPUTS["main_table"]]
+    def write_table(name: str, table, render: dict) -> None:
+        for fname in OUTPUTS[name]:
+            write_text(render[fname.rsplit(".", 1)[1]](table), out_dir / fname)
+        written[name] = [out_dir / n for n in OUTPUTS[name]]
+
+    main = tables.main_table(metrics, methods, boot, confidence=confidence, rl_reference=refs["rl_reference"],
+                             provenance=provenance)
+    write_table("main_table", main, {"md": tables.main_table_markdown, "tex": tables.main_table_latex,
+                                     "csv": tables.main_table_csv, "html": tables.main_table_html})
     log.info("main table:\n%s", tables.main_table_markdown(main))
 
-    rounds = tables.rounds_table(metrics, config_methods)
-    for name, text in (("rounds_table.md", tables.rounds_table_markdown(rounds)),
-                       ("rounds_table.tex", tables.rounds_table_latex(rounds)),
-                       ("rounds_table.csv", tables.rounds_table_csv(rounds)),
-                       ("rounds_table.html", tables.rounds_table_html(rounds))):
-        write_text(text, out_dir / name)
-    written["rounds_table"] = [out_dir / n for n in OUTPUTS["rounds_table"]]
+    ablation = tables.ablation_table(metrics, methods, boot, confidence=confidence,
+                                     ablation_reference=refs["ablation_reference"], provenance=provenance)
+    write_table("ablation_table", ablation, {"md": tables.ablation_table_markdown, "tex": tables.ablation_table_latex,
+                                             "csv": tables.ablation_table_csv, "html": tables.ablation_table_html})
+    log.info("ablation table:\n%s", tables.ablation_table_markdown(ablation))
 
-    write_json(tables.protocol_facts(metrics), out_dir / "protocol.json")
+    rounds = tables.rounds_table(metrics, methods, boot, confidence=confidence)
+    write_table("rounds_table", rounds, {"md": tables.rounds_table_markdown, "tex": tables.rounds_table_latex,
+                                         "csv": tables.rounds_table_csv, "html": tables.rounds_table_html})
+
+    comparisons = tables.comparisons(metrics, methods, **refs)
+    deltas = tables.deltas_frame(metrics, boot, comparisons, confidence)
+    write_text(deltas.to_csv(index=False), out_dir / "deltas.csv")
+    written["deltas"] = [out_dir / "deltas.csv"]
+    write_text(stats.per_replicate(metrics, boot, confidence).to_csv(index=False), out_dir / "replicates.csv")
+    written["replicates"] = [out_dir / "replicates.csv"]
+
+    write_json({**provenance, "confidence": confidence, "protocol": tables.protocol_facts(metrics)},
+               out_dir / "protocol.json")
     written["protocol"] = [out_dir / "protocol.json"]
 
-    written["curves"] = save_figure(plots.plot_curves(metrics, infos), out_dir, "curves")
-    written["pareto"] = save_figure(plots.plot_pareto(metrics, infos), out_dir, "pareto")
-    written["code_shift"] = save_figure(plots.plot_code_shift(metrics, infos), out_dir, "code_shift")
+    summary = stats.summarize(metrics, boot, confidence)
+    fid_label = _fid_label(metrics)
+    written["curves"] = save_figure(plots.plot_curves(summary, infos, fid_label=fid_label), out_dir, "curves")
+    written["pareto"] = save_figure(plots.plot_pareto(summary, infos, fid_label=fid_label), out_dir, "pareto")
+    written["code_shift"] = save_figure(plots.plot_code_shift(summary, infos), out_dir, "code_shift")
 
     train_log = tables.load_train_logs(train_log_paths)
     if train_log is not None and len(train_log):
@@ -120,7 +163,7 @@ def report(
     if grid_paths:
         image_size = _single_fact(metrics, "image_size")
         tile = int(image_size) if image_size and str(image_size).isdigit() else None
-        k = int(grid_prompts) if grid_prompts else None
+        k = int(rc["grid_prompts"]) if rc.get("grid_prompts") else None
         captions = _captions(prompts_path, k or 64)
         fig = plots.plot_samples(grid_paths, infos, tile=tile, captions=captions, max_prompts=k)
         written["samples"] = save_figure(fig, out_dir, "samples", tight=True)
@@ -142,10 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ranke report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config-json", required=True,
-                    help='{"methods": {name: {mode, schedule?, label?}}, "report": {"grid_prompts": K}?}')
-    ap.add_argument("--metrics", nargs="+", required=True, help="metrics.parquet files (all methods, rounds)")
+                    help='{"study": S, "methods": {name: {mode, schedule?, label?, train?}}, "replicates": [...], '
+                         '"report": {"grid_prompts", "confidence", "rl_reference", "ablation_reference"}}')
+    ap.add_argument("--config-hash", default=None, help="hash of the whole study config (stated by the report)")
+    ap.add_argument("--metrics", nargs="+", required=True, help="metrics.parquet files (all methods, replicates, rounds)")
+    ap.add_argument("--bootstrap", nargs="*", default=[], help="bootstrap.parquet files (within-replicate intervals)")
     ap.add_argument("--train-logs", nargs="*", default=[], help="train_log.parquet files")
-    ap.add_argument("--grids", nargs="*", default=[], help="results/{method}/round_{r}/grid.png files")
+    ap.add_argument("--grids", nargs="*", default=[], help=".../{method}/seed_{s}/round_{r}/grid.png files")
     ap.add_argument("--prompts", default=None, help="prompts.parquet: captions above the sample grid")
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--log", default=None, help="also log to this file")
@@ -154,12 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log)
     logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting chatter
     cfg = parse_config_json(args.config_json)
-    methods = cfg.get("methods", cfg)
-    if not isinstance(methods, dict):
+    if not isinstance(cfg.get("methods", {}), dict):
         raise SystemExit("--config-json: 'methods' must be a mapping {name: {mode: ...}}")
     log.info("report config: %s", json.dumps(cfg, sort_keys=True))
-    report(args.metrics, args.train_logs, args.grids, methods, args.out_dir,
-           prompts_path=args.prompts, grid_prompts=(cfg.get("report") or {}).get("grid_prompts"))
+    report(args.metrics, args.bootstrap, args.train_logs, args.grids, cfg, args.out_dir,
+           prompts_path=args.prompts, config_hash=args.config_hash)
     return 0
 
 

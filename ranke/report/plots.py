@@ -2,8 +2,11 @@
 
 Every function returns a matplotlib `Figure` built without pyplot (no global state, Agg canvas
 on save), sized for one paper column (3.3 in) unless it says otherwise; build.py saves PNG + PDF.
-Each method keeps one colour / marker across all figures; a non-base method's trajectory starts
-at the base point (round 0 is the base model for every method).
+Each method keeps one colour / marker across all figures (the Okabe-Ito palette, safe for
+colour-blind readers); a non-base method's trajectory starts at the base point (round 0 is the
+base model for every method). Lines are means over replicates; bands and error bars are the
+intervals of the tables (ranke.report.stats: t across replicates, or the bootstrap of a single
+replicate), at report.confidence.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ranke.report.tables import MethodInfo, wide
+from ranke.report.tables import MethodInfo, summary_wide
 
 log = logging.getLogger("ranke.report.plots")
 
@@ -51,9 +54,11 @@ STYLE = {
     "pdf.fonttype": 42,  # TrueType in PDFs: editable text, accepted by paper templates
 }
 
-# RankE vs standard RL are the two curves the paper compares: keep them blue / orange.
-_FIXED_COLOURS = {"base": "#555555", "policy": "#e07b20", "decoder": "#2a9d5c", "ranke": "#1f4e9c"}
-_SPARE_COLOURS = ["#c0392b", "#8e44ad", "#16a0b5", "#b5a316", "#7f5539", "#e377c2"]
+# Okabe & Ito's colour-blind-safe palette. RankE vs standard RL are the two curves the paper
+# compares: blue / vermillion.
+_FIXED_COLOURS = {"base": "#000000", "policy": "#D55E00", "decoder": "#009E73", "ranke": "#0072B2"}
+_SPARE_COLOURS = ["#E69F00", "#56B4E9", "#CC79A7", "#F0E442", "#999999"]
+BAND_ALPHA = 0.18
 _MARKERS = {"base": "*", "policy": "s", "decoder": "^", "ranke": "o"}
 _SPARE_MARKERS = ["D", "v", "P", "X", "<", ">"]
 
@@ -73,9 +78,10 @@ def _base_method(infos: dict[str, MethodInfo]) -> str | None:
     return next((n for n, i in infos.items() if i.mode == "none"), None)
 
 
-def trajectories(metrics: pd.DataFrame, infos: dict[str, MethodInfo]) -> dict[str, pd.DataFrame]:
-    """{method: wide rows sorted by round}; each non-base method starts at the base's round 0."""
-    w = wide(metrics)
+def trajectories(summary: pd.DataFrame, infos: dict[str, MethodInfo]) -> dict[str, pd.DataFrame]:
+    """{method: rows sorted by round with <m>, <m>_lo, <m>_hi} from stats.summarize rows; each
+    non-base method starts at the base's round 0."""
+    w = summary_wide(summary)
     base = _base_method(infos)
     base_rows = w[(w.method == base) & (w["round"] == 0)] if base else w.iloc[:0]
     out = {}
@@ -113,38 +119,44 @@ def _legend_on_top(fig: Figure, axes, ncol: int = 2, order: list[str] | None = N
 # CLIP and FID vs training step (the paper's training-curve figure)
 
 
-def plot_curves(metrics: pd.DataFrame, infos: dict[str, MethodInfo]) -> Figure:
+def plot_curves(summary: pd.DataFrame, infos: dict[str, MethodInfo], *, fid_label: str = "FID") -> Figure:
     with mpl.rc_context(STYLE):
         fig = Figure(figsize=(COLUMN_WIDTH, 3.5), layout="constrained")
         axes = fig.subplots(2, 1, sharex=True)
-        _metric_vs_step(axes[0], metrics, infos, "clip_score", "CLIP score ↑")
-        _metric_vs_step(axes[1], metrics, infos, "fid", "FID ↓")
+        _metric_vs_step(axes[0], summary, infos, "clip_score", "CLIP score ↑")
+        _metric_vs_step(axes[1], summary, infos, "fid", f"{fid_label} ↓")
         axes[1].set_xlabel("training step")
         _legend_on_top(fig, axes)
     return fig
 
 
-def _metric_vs_step(ax, metrics, infos, metric: str, ylabel: str, *, floor_metric: str | None = None,
+def _metric_vs_step(ax, summary, infos, metric: str, ylabel: str, *, floor_metric: str | None = None,
                     floor_label: str = "", floor_ls: str = ":") -> None:
-    if metric not in set(metrics.metric):
+    if metric not in set(summary.metric):
         _no_data(ax, metric)
         ax.set_ylabel(ylabel)
         return
     styles = method_styles(infos)
     base = _base_method(infos)
-    trajs = trajectories(metrics, infos)
+    trajs = trajectories(summary, infos)
     for name, rows in trajs.items():
         rows = rows[np.isfinite(rows[metric])] if metric in rows else rows.iloc[:0]
         if not len(rows):
             continue
         st = styles[name]
+        lo, hi = rows[f"{metric}_lo"].to_numpy(float), rows[f"{metric}_hi"].to_numpy(float)
         if name == base:
             ax.axhline(rows[metric].iloc[0], color=st["color"], ls="--", lw=0.8, label=infos[name].label)
+            if np.isfinite(lo[0]) and np.isfinite(hi[0]):
+                ax.axhspan(lo[0], hi[0], color=st["color"], alpha=BAND_ALPHA * 0.6, lw=0)
             continue
         ax.plot(rows["step"], rows[metric], color=st["color"], marker=st["marker"], label=infos[name].label)
-    if floor_metric and floor_metric in set(metrics.metric):
-        floor = float(metrics.loc[metrics.metric == floor_metric, "value"].median())
-        ax.axhline(floor, color="black", ls=floor_ls, lw=0.9, label=floor_label)
+        ok = np.isfinite(lo) & np.isfinite(hi)
+        if ok.any():
+            ax.fill_between(rows["step"].to_numpy()[ok], lo[ok], hi[ok], color=st["color"], alpha=BAND_ALPHA, lw=0)
+    if floor_metric and floor_metric in set(summary.metric):
+        floor = float(summary.loc[summary.metric == floor_metric, "mean"].median())
+        ax.axhline(floor, color="0.35", ls=floor_ls, lw=0.9, label=floor_label)
     ax.set_ylabel(ylabel)
 
 
@@ -152,22 +164,28 @@ def _metric_vs_step(ax, metrics, infos, metric: str, ylabel: str, *, floor_metri
 # CLIP-FID plane (Pareto view)
 
 
-def plot_pareto(metrics: pd.DataFrame, infos: dict[str, MethodInfo]) -> Figure:
+def plot_pareto(summary: pd.DataFrame, infos: dict[str, MethodInfo], *, fid_label: str = "FID") -> Figure:
     with mpl.rc_context(STYLE):
         fig = Figure(figsize=(COLUMN_WIDTH, 3.0), layout="constrained")
         ax = fig.subplots()
-        present = set(metrics.metric)
+        present = set(summary.metric)
         if not {"clip_score", "fid"} <= present:
             _no_data(ax, "CLIP + FID pair")
             return fig
         styles = method_styles(infos)
         base = _base_method(infos)
-        for name, rows in trajectories(metrics, infos).items():
+        for name, rows in trajectories(summary, infos).items():
             rows = rows[np.isfinite(rows["fid"]) & np.isfinite(rows["clip_score"])]
             if not len(rows):
                 continue
             st = styles[name]
             x, y = rows["fid"].to_numpy(), rows["clip_score"].to_numpy()
+            # the interval of the last point (the final round) as error bars
+            xerr = _err(x[-1], rows["fid_lo"].iloc[-1], rows["fid_hi"].iloc[-1])
+            yerr = _err(y[-1], rows["clip_score_lo"].iloc[-1], rows["clip_score_hi"].iloc[-1])
+            if xerr is not None or yerr is not None:
+                ax.errorbar(x[-1:], y[-1:], xerr=xerr, yerr=yerr, ls="none", color=st["color"], lw=0.7,
+                            capsize=1.5, alpha=0.8, zorder=2)
             if name == base:
                 ax.plot(x[:1], y[:1], ls="none", marker="*", ms=9, color=st["color"], label=infos[name].label,
                         zorder=4)
@@ -183,7 +201,7 @@ def plot_pareto(metrics: pd.DataFrame, infos: dict[str, MethodInfo]) -> Figure:
             last_round = int(rows["round"].iloc[-1])
             ax.annotate(f"r{last_round}", (x[-1], y[-1]), xytext=(3, 3), textcoords="offset points",
                         fontsize=5.5, color=st["color"])
-        ax.set_xlabel("FID ↓")
+        ax.set_xlabel(f"{fid_label} ↓")
         ax.set_ylabel("CLIP score ↑")
         ax.margins(0.12)
         # the good corner: low FID, high CLIP
@@ -194,17 +212,24 @@ def plot_pareto(metrics: pd.DataFrame, infos: dict[str, MethodInfo]) -> Figure:
     return fig
 
 
+def _err(value: float, lo: float, hi: float):
+    """matplotlib's (2, 1) asymmetric error for one point, or None without an interval."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return None
+    return np.array([[max(value - lo, 0.0)], [max(hi - value, 0.0)]])
+
+
 # ----------------------------------------------------------------------------------------------
 # Code shift: KL to the real code histogram (with the finite-sample real floor) and entropy
 
 
-def plot_code_shift(metrics: pd.DataFrame, infos: dict[str, MethodInfo]) -> Figure:
+def plot_code_shift(summary: pd.DataFrame, infos: dict[str, MethodInfo]) -> Figure:
     with mpl.rc_context(STYLE):
         fig = Figure(figsize=(COLUMN_WIDTH, 3.5), layout="constrained")
         axes = fig.subplots(2, 1, sharex=True)
-        _metric_vs_step(axes[0], metrics, infos, "code_kl", "code-KL to real ↓",
+        _metric_vs_step(axes[0], summary, infos, "code_kl", "code-KL to real (nats) ↓",
                         floor_metric="code_kl_real_floor", floor_label="real-data floor")
-        _metric_vs_step(axes[1], metrics, infos, "code_entropy_bits", "code entropy (bits)",
+        _metric_vs_step(axes[1], summary, infos, "code_entropy_bits", "code entropy (bits)",
                         floor_metric="code_entropy_bits_real", floor_label="real-data entropy", floor_ls="-.")
         axes[1].set_xlabel("training step")
         _legend_on_top(fig, axes, ncol=3)
@@ -236,13 +261,14 @@ TRAIN_PANELS = [
 
 
 def global_steps(log_df: pd.DataFrame) -> pd.DataFrame:
-    """Add `gstep`: steps counted across rounds of a method.
+    """Add `gstep`: steps counted across rounds of a method (in each replicate).
 
     Works whether a round logs cumulative steps (kept as they are) or restarts its count
     (shifted to follow the previous round).
     """
     parts = []
-    for _, m in log_df.groupby("method", sort=False):
+    keys = ["method", "replicate"] if "replicate" in log_df else ["method"]
+    for _, m in log_df.groupby(keys, sort=False):
         prev_end = None
         for _, r in m.sort_values(["round", "step"]).groupby("round", sort=True):
             r = r.copy()
@@ -255,6 +281,17 @@ def global_steps(log_df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else log_df.assign(gstep=log_df["step"])
 
 
+def _informative(values: pd.Series) -> bool:
+    """A panel worth drawing: logged, and not constant (the PPO ratio is exactly 1 with one epoch)
+    nor numerically zero (the policy-gradient loss is -mean(advantage) ~ 1e-7 with one epoch,
+    since advantages are normalised per group)."""
+    v = values.to_numpy(dtype=float)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return False
+    return bool(np.ptp(v) > 1e-9 * max(1.0, float(np.abs(v).max())) and np.abs(v).max() > 1e-4)
+
+
 def _smooth(y: np.ndarray) -> np.ndarray:
     window = max(1, len(y) // 25)
     return pd.Series(y).rolling(window, min_periods=1, center=True).mean().to_numpy()
@@ -262,7 +299,7 @@ def _smooth(y: np.ndarray) -> np.ndarray:
 
 def plot_train_curves(train_log: pd.DataFrame, infos: dict[str, MethodInfo]) -> Figure:
     df = global_steps(train_log)
-    panels = [(c, t) for c, t in TRAIN_PANELS if c in df and df[c].notna().any()]
+    panels = [(c, t) for c, t in TRAIN_PANELS if c in df and _informative(df[c])]
     styles = method_styles(infos)
     methods = [m for m in infos if m in set(df.method)] + sorted(set(df.method) - set(infos))
     for m in methods:
@@ -278,13 +315,20 @@ def plot_train_curves(train_log: pd.DataFrame, infos: dict[str, MethodInfo]) -> 
         starts = sorted(set(df.groupby(["method", "round"])["gstep"].min()))[1:]
         for ax, (col, title) in zip(axes, panels):
             for m in methods:
-                d = df[(df.method == m) & df[col].notna()].sort_values("gstep")
+                d = df[(df.method == m) & df[col].notna()]
                 if not len(d):
                     continue
-                x, y = d["gstep"].to_numpy(), d[col].to_numpy(dtype=float)
+                # mean over replicates at each step; the band spans the replicates (min to max)
+                g = d.groupby("gstep")[col].agg(["mean", "min", "max"]).sort_index()
+                x = g.index.to_numpy()
                 c = styles[m]["color"]
-                ax.plot(x, y, color=c, lw=0.5, alpha=0.3)
-                ax.plot(x, _smooth(y), color=c, lw=1.0, label=infos[m].label if m in infos else m)
+                if "replicate" in d and d["replicate"].nunique() > 1:
+                    ax.fill_between(x, _smooth(g["min"].to_numpy(float)), _smooth(g["max"].to_numpy(float)),
+                                    color=c, alpha=BAND_ALPHA, lw=0)
+                else:
+                    ax.plot(x, g["mean"].to_numpy(float), color=c, lw=0.5, alpha=0.3)
+                ax.plot(x, _smooth(g["mean"].to_numpy(float)), color=c, lw=1.0,
+                        label=infos[m].label if m in infos else m)
             for s in starts:
                 ax.axvline(s, color="0.6", lw=0.4, ls=":")
             ax.set_title(title, pad=2)
@@ -301,14 +345,14 @@ def plot_train_curves(train_log: pd.DataFrame, infos: dict[str, MethodInfo]) -> 
 # ----------------------------------------------------------------------------------------------
 # Sample grid across methods (same prompts and seeds)
 
-_GRID_PATH = re.compile(r"(?:^|/)(?P<method>[^/]+)/round_(?P<round>\d+)/")
+_GRID_PATH = re.compile(r"(?:^|/)(?P<method>[^/]+)/seed_(?P<seed>\d+)/round_(?P<round>\d+)/")
 
 
 def parse_grid_path(path: str | Path) -> tuple[str, int]:
-    """results/{method}/round_{r}/[images/]grid.png -> (method, r)."""
+    """results/<study>/{method}/seed_{s}/round_{r}/[images/]grid.png -> (method, r)."""
     m = _GRID_PATH.search(Path(path).as_posix())
     if not m:
-        raise ValueError(f"grid path {path} is not .../{{method}}/round_{{r}}/.../grid.png")
+        raise ValueError(f"grid path {path} is not .../{{method}}/seed_{{s}}/round_{{r}}/.../grid.png")
     return m.group("method"), int(m.group("round"))
 
 

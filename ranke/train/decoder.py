@@ -33,8 +33,13 @@ def tau_schedule(step: int, nominal_steps: int, *, start: float = 4.0, end: floa
     return max(tau, 1e-4)
 
 
-def rank_weights(rewards: torch.Tensor, group_size: int, k: int, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep the top-k rollouts of every prompt group and weight them K * softmax(r / tau).
+RANK_WEIGHTINGS = ("softmax", "uniform")
+
+
+def rank_weights(rewards: torch.Tensor, group_size: int, k: int, tau: float, *,
+                 weighting: str = "softmax") -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the top-k rollouts of every prompt group and weight them K * softmax(r / tau)
+    (weighting "softmax", the official) or all 1 ("uniform": the un-weighted GAN ablation).
 
     rewards: (B*G,) prompt-major. Returns (index (B*k,) into the rollouts, weights (B*k,)),
     prompt-major and best first. The weights of a prompt sum to k, so their mean is 1 and the
@@ -42,10 +47,12 @@ def rank_weights(rewards: torch.Tensor, group_size: int, k: int, tau: float) -> 
     """
     if not 1 <= k <= group_size:
         raise ValueError(f"rank_k must be in [1, group_size={group_size}], got {k}")
+    if weighting not in RANK_WEIGHTINGS:
+        raise ValueError(f"rank weighting must be one of {RANK_WEIGHTINGS}, got {weighting!r}")
     r = rewards.detach().float().view(-1, group_size)
     top_r, top_i = torch.sort(r, dim=1, descending=True, stable=True)
     top_r, top_i = top_r[:, :k], top_i[:, :k]
-    w = k * torch.softmax(top_r / tau, dim=1)
+    w = k * torch.softmax(top_r / tau, dim=1) if weighting == "softmax" else torch.ones_like(top_r)
     offset = torch.arange(r.shape[0], device=r.device).view(-1, 1) * group_size
     return (top_i + offset).reshape(-1), w.reshape(-1)
 

@@ -500,7 +500,7 @@ class RoundRunner:
         tc, pc, dc, dsc = self.tcfg, self.tcfg["policy"], self.tcfg["decoder"], self.tcfg["discriminator"]
         G = self.G
         row = {c: float("nan") for c in LOG_COLUMNS}
-        row.update(method=self.method, round=self.round_idx, step=t, phase=self.phase)
+        row.update(method=self.method, replicate=self.seed, round=self.round_idx, step=t, phase=self.phase)
         tau = tau_schedule(t, int(tc["nominal_steps"]), start=float(dc["tau_start"]), end=float(dc["tau_end"]),
                            frac=float(dc["tau_anneal_frac"]))
         row["tau"] = tau
@@ -528,7 +528,7 @@ class RoundRunner:
         row["reward_std"] = float(all_r.std()) if all_r.numel() > 1 else 0.0
         row["reward_best_mean"] = float(all_r.view(-1, G).max(dim=1).values.mean())
 
-        sel_idx, weights = rank_weights(rewards, G, int(dc["rank_k"]), tau)
+        sel_idx, weights = rank_weights(rewards, G, int(dc["rank_k"]), tau, weighting=dc.get("rank_weighting", "softmax"))
         soft = None
         if self.update_decoder and float(dc.get("lambda_lasc", 0.0)) > 0:
             # top-k non-CFG logits of the pre-update policy on the selected rollouts (official B.1 step 6)
@@ -691,7 +691,7 @@ class RoundRunner:
 
     def log_frame(self) -> pd.DataFrame:
         df = pd.DataFrame(self.state.log_rows, columns=LOG_COLUMNS)
-        return df.astype({"round": "int32", "step": "int64"})
+        return df.astype({"replicate": "int32", "round": "int32", "step": "int64"})
 
     def write_outputs(self, out_dir, log_path) -> None:
         """Rank 0 writes the round's checkpoint (with grad_sync local: rank 0's decoder)."""

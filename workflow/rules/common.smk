@@ -1,11 +1,12 @@
 # Helpers shared by all rule files (config validation, paths, per-stage config, resources).
 
+import hashlib
 import json
 from pathlib import Path
 
 from snakemake.utils import validate
 
-from ranke.config import codebook_size, cross_key_problems, missing_assets
+from ranke.config import codebook_size, cross_key_problems, method_train, missing_assets
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -29,6 +30,20 @@ TRAINED = [name for name, m in METHODS.items() if m["mode"] != "none"]
 N_ROUNDS = config["rounds"]["n"]
 DEMO = config["demo"]["enabled"]
 ASSETS = config["assets"]
+REPLICATES = [int(s) for s in config["replicates"]]
+
+# One results tree and one log tree per study, so that studies live side by side. A run of one
+# (method, replicate seed, round) keeps everything in RUN; round 0 is the base model.
+STUDY = config["study"]
+RESULTS = f"results/{STUDY}"
+LOGS = f"logs/{STUDY}"
+RUN = f"{RESULTS}/{{method}}/seed_{{seed}}/round_{{round}}"
+RUN_LOGS = f"{LOGS}/{{method}}/seed_{{seed}}/round_{{round}}"
+TOKENS = f"{RESULTS}/tokens"
+PROMPTS = f"{RESULTS}/prompts.parquet"
+REPORT_DIR = f"{RESULTS}/report"
+# what the report states it was made from: the whole (validated) config
+CONFIG_HASH = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 # Job groups: on a cluster each group runs as one job, which saves a queue wait and a Python +
 # torch start per stage; a local run ignores them. The demo world (CPU minutes in all) is one job
@@ -51,7 +66,9 @@ CRITICAL_PATH_PRIORITY = 10
 # Config handed to stages: only the sections a stage reads, so that Snakemake's params trigger
 # reruns exactly the stages whose settings changed.
 
-_RUNTIME_KEYS = ["backbone", "device", "precision", "seed", "image_size", "assets"]
+# `seed` is not among them: it seeds only the demo base models (the demo rules ask for it), and a
+# replicate's seed reaches exactly its own rounds and samples (replicate_config below).
+_RUNTIME_KEYS = ["backbone", "device", "precision", "image_size", "assets"]
 
 
 def stage_config(*sections):
@@ -62,6 +79,19 @@ def stage_config(*sections):
         else:
             cfg[section] = config[section]
     return json.dumps(cfg, sort_keys=True)
+
+
+def replicate_config(*sections):
+    """stage_config for one replicate: the evaluation sampling seed of replicate s is
+    sampling.seed + s, the same for every method of the replicate (paired comparisons)."""
+
+    def cfg_of(wildcards):
+        cfg = json.loads(stage_config(*sections))
+        if "sampling" in cfg:
+            cfg["sampling"] = dict(cfg["sampling"], seed=int(config["sampling"]["seed"]) + int(wildcards.seed))
+        return json.dumps(cfg, sort_keys=True)
+
+    return cfg_of
 
 
 def fid_reference_config():
@@ -76,9 +106,12 @@ def fid_reference_config():
 
 
 def round_config(wildcards):
-    """A round reads the training settings and its own method only (not the other methods)."""
-    cfg = json.loads(stage_config("train", "rounds", "cluster"))
+    """A round reads its own method only (not the other methods), the train block with that
+    method's overrides merged in, and its replicate's seed."""
+    cfg = json.loads(stage_config("rounds", "cluster"))
     cfg["methods"] = {wildcards.method: METHODS[wildcards.method]}
+    cfg["train"] = method_train(config, wildcards.method)
+    cfg["seed"] = int(wildcards.seed)
     return json.dumps(cfg, sort_keys=True)
 
 
@@ -97,15 +130,15 @@ def res(group, key):
 # Paths
 
 
-def round_dir(method, r):
-    return f"results/{method}/round_{r}"
+def run_dir(method, seed, r):
+    return RUN.format(method=method, seed=seed, round=r)
 
 
-def checkpoint_of(method, r):
-    """The checkpoint a (method, round) decodes/samples with: round 0 is the base assets."""
+def checkpoint_of(method, seed, r):
+    """The checkpoint a (method, replicate, round) decodes/samples with: round 0 is the base assets."""
     if int(r) == 0:
         return "base"
-    return f"{round_dir(method, r)}/checkpoint"
+    return f"{run_dir(method, seed, r)}/checkpoint"
 
 
 def base_model_files():
@@ -130,21 +163,21 @@ def base_vq_files():
 
 def round_init(wildcards):
     r = int(wildcards.round)
-    return "base" if r == 1 else checkpoint_of(wildcards.method, r - 1)
+    return "base" if r == 1 else checkpoint_of(wildcards.method, wildcards.seed, r - 1)
 
 
 def round_init_inputs(wildcards):
     r = int(wildcards.round)
     if r == 1:
         return base_model_files()
-    return [checkpoint_of(wildcards.method, r - 1)]
+    return [checkpoint_of(wildcards.method, wildcards.seed, r - 1)]
 
 
-def samples_of(method, r):
-    """Decoder-only rounds keep the base policy, so they score the base samples."""
+def samples_of(method, seed, r):
+    """Decoder-only rounds keep the base policy, so they score the base samples of their replicate."""
     if int(r) == 0 or METHODS[method]["mode"] == "decoder":
-        return "results/base/round_0/samples.parquet"
-    return f"{round_dir(method, r)}/samples.parquet"
+        return f"{run_dir('base', seed, 0)}/samples.parquet"
+    return f"{run_dir(method, seed, r)}/samples.parquet"
 
 
 def final_round(method):
@@ -159,17 +192,17 @@ def evaluate_group(wildcards):
 
 
 def score_samples(wildcards):
-    return samples_of(wildcards.method, wildcards.round)
+    return samples_of(wildcards.method, wildcards.seed, wildcards.round)
 
 
 def score_checkpoint(wildcards):
-    return checkpoint_of(wildcards.method, wildcards.round)
+    return checkpoint_of(wildcards.method, wildcards.seed, wildcards.round)
 
 
 def score_checkpoint_inputs(wildcards):
     if int(wildcards.round) == 0:
         return base_vq_files()
-    return [checkpoint_of(wildcards.method, wildcards.round)]
+    return [checkpoint_of(wildcards.method, wildcards.seed, wildcards.round)]
 
 
 def prompt_file_inputs():
@@ -184,24 +217,33 @@ def fid_reference_path():
     return f"resources/fid/{reference_key_from_config(config)}.pt"
 
 
-def all_metrics():
-    paths = ["results/base/round_0/metrics.parquet"]
-    paths += [f"{round_dir(m, r)}/metrics.parquet" for m in TRAINED for r in range(1, N_ROUNDS + 1)]
-    return paths
+def scored_runs():
+    """(method, seed, round) of every scored run: the base at round 0, every trained method's rounds."""
+    runs = []
+    for seed in REPLICATES:
+        runs.append(("base", seed, 0))
+        runs += [(m, seed, r) for m in TRAINED for r in range(1, N_ROUNDS + 1)]
+    return runs
+
+
+def all_run_files(name):
+    return [f"{run_dir(m, s, r)}/{name}" for m, s, r in scored_runs()]
 
 
 def all_train_logs():
-    return [f"{round_dir(m, r)}/train_log.parquet" for m in TRAINED for r in range(1, N_ROUNDS + 1)]
+    return [f"{run_dir(m, s, r)}/train_log.parquet" for m, s, r in scored_runs() if r > 0]
 
 
 def final_grids():
-    grids = ["results/base/round_0/grid.png"]
-    grids += [f"{round_dir(m, N_ROUNDS)}/grid.png" for m in TRAINED]
+    """The report's sample grid: the first replicate's final round of every method."""
+    seed = REPLICATES[0]
+    grids = [f"{run_dir('base', seed, 0)}/grid.png"]
+    grids += [f"{run_dir(m, seed, N_ROUNDS)}/grid.png" for m in TRAINED]
     return grids
 
 
 def demo_outputs():
-    return ["results/demo/quality.parquet"] if DEMO else []
+    return [f"{RESULTS}/demo/quality.parquet"] if DEMO else []
 
 
 REPORT_FILES = [
@@ -209,8 +251,12 @@ REPORT_FILES = [
     "main_table.tex",
     "main_table.csv",
     "main_table.html",
+    "ablation_table.md",
+    "ablation_table.csv",
     "rounds_table.md",
     "rounds_table.csv",
+    "deltas.csv",
+    "replicates.csv",
     "curves.png",
     "pareto.png",
     "code_shift.png",
@@ -220,7 +266,7 @@ REPORT_FILES = [
 
 
 def report_outputs():
-    return [f"results/report/{name}" for name in REPORT_FILES]
+    return [f"{REPORT_DIR}/{name}" for name in REPORT_FILES]
 
 
 def parent_dir_of_weights(wildcards, output):

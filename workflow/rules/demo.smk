@@ -7,13 +7,13 @@ if DEMO:
         output:
             directory(ASSETS["coco_root"]),
         params:
-            cfg=stage_config("demo"),
+            cfg=stage_config("seed", "demo"),
         group:
             DEMO_GROUP
         conda:
             CONDA_ENV
         log:
-            "logs/demo/data.log",
+            f"{LOGS}/demo/data.log",
         resources:
             runtime=res("default", "runtime"),
             mem_mb=res("default", "mem_mb"),
@@ -26,14 +26,14 @@ if DEMO:
         output:
             ASSETS["vq"]["checkpoint"],
         params:
-            cfg=stage_config("demo"),
+            cfg=stage_config("seed", "demo"),
         priority: CRITICAL_PATH_PRIORITY
         group:
             DEMO_GROUP
         conda:
             CONDA_ENV
         log:
-            "logs/demo/vq.log",
+            f"{LOGS}/demo/vq.log",
         threads: 1  # VQ and CLIP train side by side, one core each
         resources:
             runtime=res("demo_train", "runtime"),
@@ -50,14 +50,14 @@ if DEMO:
         output:
             directory(ASSETS["text_encoder"]["path"]),
         params:
-            cfg=stage_config("demo"),
+            cfg=stage_config("seed", "demo"),
         priority: CRITICAL_PATH_PRIORITY
         group:
             DEMO_GROUP
         conda:
             CONDA_ENV
         log:
-            "logs/demo/text.log",
+            f"{LOGS}/demo/text.log",
         resources:
             runtime=res("default", "runtime"),
             mem_mb=res("default", "mem_mb"),
@@ -72,14 +72,14 @@ if DEMO:
             config=ASSETS["clip"]["config"],
             weights=ASSETS["clip"]["weights"],
         params:
-            cfg=stage_config("demo"),
+            cfg=stage_config("seed", "demo"),
             outdir=parent_dir_of_weights,
         group:
             DEMO_GROUP
         conda:
             CONDA_ENV
         log:
-            "logs/demo/clip.log",
+            f"{LOGS}/demo/clip.log",
         threads: 1  # VQ and CLIP train side by side, one core each
         resources:
             runtime=res("demo_train", "runtime"),
@@ -92,19 +92,19 @@ if DEMO:
 
     rule demo_gpt:
         input:
-            tokens="results/tokens/train.parquet",
+            tokens=f"{TOKENS}/train.parquet",
             text=ASSETS["text_encoder"]["path"],
         output:
             ASSETS["gpt"]["checkpoint"],
         params:
-            cfg=stage_config("demo"),
+            cfg=stage_config("seed", "demo"),
         priority: CRITICAL_PATH_PRIORITY
         group:
             DEMO_GROUP
         conda:
             CONDA_ENV
         log:
-            "logs/demo/gpt.log",
+            f"{LOGS}/demo/gpt.log",
         threads: 2
         resources:
             runtime=res("demo_train", "runtime"),
@@ -119,15 +119,15 @@ if DEMO:
         input:
             models=base_model_files(),
             clip=ASSETS["clip"]["weights"],
-            tokens="results/tokens/val.parquet",
+            tokens=f"{TOKENS}/val.parquet",
         output:
-            "results/demo/quality.parquet",
+            f"{RESULTS}/demo/quality.parquet",
         params:
-            cfg=stage_config("demo", "sampling"),
+            cfg=stage_config("seed", "demo", "sampling", "prompts"),
         conda:
             CONDA_ENV
         log:
-            "logs/demo/quality.log",
+            f"{LOGS}/demo/quality.log",
         threads: 2
         resources:
             runtime=res("demo_train", "runtime"),

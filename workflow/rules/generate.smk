@@ -1,19 +1,20 @@
-# Sampling the evaluation prompts: the base policy (baseline) and each round's policy.
+# Sampling the evaluation prompts: the base policy (baseline) and each round's policy, once per
+# replicate (its sampling seed: sampling.seed + seed).
 
 
 rule baseline:
     input:
-        prompts="results/prompts.parquet",
+        prompts=PROMPTS,
         models=base_model_files(),
     output:
-        "results/base/round_0/samples.parquet",
+        f"{RESULTS}/base/seed_{{seed}}/round_0/samples.parquet",
     params:
-        cfg=stage_config("sampling"),
+        cfg=replicate_config("sampling"),
     priority: CRITICAL_PATH_PRIORITY
     conda:
         CONDA_ENV
     log:
-        "logs/base/round_0/sample.log",
+        f"{LOGS}/base/seed_{{seed}}/round_0/sample.log",
     threads: res("sample", "threads")
     resources:
         runtime=res("sample", "runtime"),
@@ -32,19 +33,19 @@ rule sample:
     wildcard_constraints:
         round=r"[1-9]\d*",
     input:
-        prompts="results/prompts.parquet",
-        checkpoint="results/{method}/round_{round}/checkpoint",
+        prompts=PROMPTS,
+        checkpoint=f"{RUN}/checkpoint",
     output:
-        "results/{method}/round_{round}/samples.parquet",
+        f"{RUN}/samples.parquet",
     params:
-        cfg=stage_config("sampling"),
+        cfg=replicate_config("sampling"),
     priority: CRITICAL_PATH_PRIORITY
     group:
         evaluate_group
     conda:
         CONDA_ENV
     log:
-        "logs/{method}/round_{round}/sample.log",
+        f"{RUN_LOGS}/sample.log",
     threads: res("sample", "threads")
     resources:
         runtime=res("sample", "runtime"),

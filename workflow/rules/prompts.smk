@@ -7,7 +7,7 @@ rule prompts:
         coco=ASSETS["coco_root"],
         captions_csv=prompt_file_inputs(),
     output:
-        "results/prompts.parquet",
+        PROMPTS,
     params:
         cfg=stage_config("prompts"),
     group:
@@ -15,7 +15,7 @@ rule prompts:
     conda:
         CONDA_ENV
     log:
-        "logs/prompts.log",
+        f"{LOGS}/prompts.log",
     resources:
         runtime=res("default", "runtime"),
         mem_mb=res("default", "mem_mb"),

@@ -1,63 +1,74 @@
-# Paper tables and plots from every round's metrics and training log. The report() outputs (with
-# the captions in workflow/report/) make `snakemake --report report.html` self-contained.
+# Paper tables and plots from every run's metrics, bootstrap resamples and training log, with
+# intervals across replicates and within each. The report() outputs (with the captions in
+# workflow/report/) make `snakemake --report report.html` self-contained.
 
 
 rule report:
     input:
-        metrics=all_metrics(),
+        metrics=all_run_files("metrics.parquet"),
+        bootstrap=all_run_files("bootstrap.parquet"),
         train_logs=all_train_logs(),
         grids=final_grids(),
-        prompts="results/prompts.parquet",
+        prompts=PROMPTS,
     output:
         main=report(
-            "results/report/main_table.html",
+            f"{REPORT_DIR}/main_table.html",
             caption="../report/main_table.rst",
             category="Tables",
         ),
-        main_files=multiext("results/report/main_table", ".md", ".tex", ".csv"),
+        main_files=multiext(f"{REPORT_DIR}/main_table", ".md", ".tex", ".csv"),
+        ablation=report(
+            f"{REPORT_DIR}/ablation_table.html",
+            caption="../report/ablation_table.rst",
+            category="Tables",
+        ),
+        ablation_files=multiext(f"{REPORT_DIR}/ablation_table", ".md", ".tex", ".csv"),
         rounds=report(
-            "results/report/rounds_table.html",
+            f"{REPORT_DIR}/rounds_table.html",
             caption="../report/rounds_table.rst",
             category="Tables",
         ),
-        rounds_files=multiext("results/report/rounds_table", ".md", ".tex", ".csv"),
-        protocol="results/report/protocol.json",
+        rounds_files=multiext(f"{REPORT_DIR}/rounds_table", ".md", ".tex", ".csv"),
+        deltas=f"{REPORT_DIR}/deltas.csv",
+        replicates=f"{REPORT_DIR}/replicates.csv",
+        protocol=f"{REPORT_DIR}/protocol.json",
         curves=report(
-            "results/report/curves.png", caption="../report/curves.rst", category="Figures"
+            f"{REPORT_DIR}/curves.png", caption="../report/curves.rst", category="Figures"
         ),
         pareto=report(
-            "results/report/pareto.png", caption="../report/pareto.rst", category="Figures"
+            f"{REPORT_DIR}/pareto.png", caption="../report/pareto.rst", category="Figures"
         ),
         code_shift=report(
-            "results/report/code_shift.png",
+            f"{REPORT_DIR}/code_shift.png",
             caption="../report/code_shift.rst",
             category="Figures",
         ),
         train_curves=report(
-            "results/report/train_curves.png",
+            f"{REPORT_DIR}/train_curves.png",
             caption="../report/train_curves.rst",
             category="Figures",
         ),
         samples=report(
-            "results/report/samples.png", caption="../report/samples.rst", category="Figures"
+            f"{REPORT_DIR}/samples.png", caption="../report/samples.rst", category="Figures"
         ),
         pdfs=expand(
-            "results/report/{name}.pdf",
+            f"{REPORT_DIR}/{{name}}.pdf",
             name=["curves", "pareto", "code_shift", "train_curves", "samples"],
         ),
     params:
-        cfg=stage_config("methods", "report"),
+        cfg=stage_config("study", "methods", "replicates", "report"),
+        config_hash=CONFIG_HASH,
         out_dir=dir_of_output_main,
     group:
         FINAL_GROUP
     conda:
         CONDA_ENV
     log:
-        "logs/report.log",
+        f"{LOGS}/report.log",
     resources:
         runtime=res("default", "runtime"),
         mem_mb=res("default", "mem_mb"),
     shell:
-        "python -m ranke report --config-json {params.cfg:q} --metrics {input.metrics:q}"
-        " --train-logs {input.train_logs:q} --grids {input.grids:q} --prompts {input.prompts:q}"
-        " --out-dir {params.out_dir:q} 2> {log:q}"
+        "python -m ranke report --config-json {params.cfg:q} --config-hash {params.config_hash}"
+        " --metrics {input.metrics:q} --bootstrap {input.bootstrap:q} --train-logs {input.train_logs:q}"
+        " --grids {input.grids:q} --prompts {input.prompts:q} --out-dir {params.out_dir:q} 2> {log:q}"

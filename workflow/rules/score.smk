@@ -13,7 +13,7 @@ rule fid_reference:
     conda:
         CONDA_ENV
     log:
-        "logs/score/fid_reference.log",
+        f"{LOGS}/fid_reference.log",
     threads: res("score", "threads")
     resources:
         runtime=res("score", "runtime"),
@@ -28,23 +28,25 @@ rule score:
     input:
         samples=score_samples,
         checkpoint=score_checkpoint_inputs,
-        prompts="results/prompts.parquet",
-        code_hist="results/tokens/code_hist.parquet",
+        prompts=PROMPTS,
+        code_hist=f"{TOKENS}/code_hist.parquet",
         fid_ref=fid_reference_path(),
         clip=ASSETS["clip"]["weights"],
         reward=ASSETS["reward"]["weights"],
     output:
-        metrics="results/{method}/round_{round}/metrics.parquet",
-        grid="results/{method}/round_{round}/grid.png",
+        metrics=f"{RUN}/metrics.parquet",
+        per_sample=f"{RUN}/per_sample.parquet",
+        bootstrap=f"{RUN}/bootstrap.parquet",
+        grid=f"{RUN}/grid.png",
     params:
-        cfg=stage_config("score", "sampling", "rounds", "prompts"),
+        cfg=replicate_config("score", "sampling", "rounds", "prompts"),
         checkpoint=score_checkpoint,
     group:
         evaluate_group
     conda:
         CONDA_ENV
     log:
-        "logs/{method}/round_{round}/score.log",
+        f"{RUN_LOGS}/score.log",
     threads: res("score", "threads")
     resources:
         runtime=res("score", "runtime"),
@@ -53,6 +55,7 @@ rule score:
         cpus_per_gpu=res("score", "cpus_per_gpu"),
     shell:
         "python -m ranke score --config-json {params.cfg:q} --method {wildcards.method}"
-        " --round {wildcards.round} --samples {input.samples:q} --checkpoint {params.checkpoint:q}"
-        " --prompts {input.prompts:q} --code-hist {input.code_hist:q} --fid-ref {input.fid_ref:q}"
-        " --out {output.metrics:q} --grid {output.grid:q} --threads {threads} 2> {log:q}"
+        " --replicate {wildcards.seed} --round {wildcards.round} --samples {input.samples:q}"
+        " --checkpoint {params.checkpoint:q} --prompts {input.prompts:q} --code-hist {input.code_hist:q}"
+        " --fid-ref {input.fid_ref:q} --out {output.metrics:q} --per-sample {output.per_sample:q}"
+        " --bootstrap {output.bootstrap:q} --grid {output.grid:q} --threads {threads} 2> {log:q}"

@@ -6,7 +6,7 @@ rule tokenize:
         coco=ASSETS["coco_root"],
         vq=base_vq_files(),
     output:
-        "results/tokens/{split}.parquet",
+        f"{TOKENS}/{{split}}.parquet",
     params:
         cfg=stage_config("tokenize"),
     priority: CRITICAL_PATH_PRIORITY
@@ -15,7 +15,7 @@ rule tokenize:
     conda:
         CONDA_ENV
     log:
-        "logs/tokenize/{split}.log",
+        f"{LOGS}/tokenize/{{split}}.log",
     threads: max(1, config["tokenize"]["workers"])  # the stage's loader processes
     resources:
         runtime=res("tokenize", "runtime"),
@@ -29,9 +29,9 @@ rule tokenize:
 
 rule code_histogram:
     input:
-        f"results/tokens/{config['tokenize']['histogram_split']}.parquet",
+        f"{TOKENS}/{config['tokenize']['histogram_split']}.parquet",
     output:
-        "results/tokens/code_hist.parquet",
+        f"{TOKENS}/code_hist.parquet",
     params:
         codebook_size=codebook_size(config),
     group:
@@ -39,7 +39,7 @@ rule code_histogram:
     conda:
         CONDA_ENV
     log:
-        "logs/tokenize/code_hist.log",
+        f"{LOGS}/tokenize/code_hist.log",
     resources:
         runtime=res("default", "runtime"),
         mem_mb=res("default", "mem_mb"),

@@ -1,6 +1,7 @@
-# One training round of one method. The rule runs on the submitting host (localrule): the round
-# itself is a submitit job (SLURM, local or debug per config `cluster`), so the DAG never holds a
-# cluster slot while it waits for its own inner job. A killed round resumes from work/.
+# One training round of one method in one replicate. The rule runs on the submitting host
+# (localrule): the round itself is a submitit job (SLURM, local or debug per config `cluster`), so
+# the DAG never holds a cluster slot while it waits for its own inner job. A killed round resumes
+# from work/.
 
 
 localrules:
@@ -10,20 +11,20 @@ localrules:
 rule train_round:
     input:
         init=round_init_inputs,
-        tokens="results/tokens/train.parquet",
+        tokens=f"{TOKENS}/train.parquet",
         models=base_model_files(),
         reward=ASSETS["reward"]["weights"],
     output:
-        checkpoint=directory("results/{method}/round_{round}/checkpoint"),
-        train_log="results/{method}/round_{round}/train_log.parquet",
+        checkpoint=directory(f"{RUN}/checkpoint"),
+        train_log=f"{RUN}/train_log.parquet",
     params:
         cfg=round_config,
         init=round_init,
-        work="results/{method}/round_{round}/work",
+        work=f"{RUN}/work",
     conda:
         CONDA_ENV
     log:
-        "logs/{method}/round_{round}/train.log",
+        f"{RUN_LOGS}/train.log",
     resources:
         runtime=res("default", "runtime"),
         mem_mb=res("default", "mem_mb"),
