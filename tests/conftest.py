@@ -105,7 +105,7 @@ def tiny_local_study(tmp_path_factory):
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=REPO, env=snakemake_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    tokens = work / "results" / "demo" / "tokens" / "train.parquet"  # the demo study's tree
+    tokens = work / "resources" / "demo" / "tokens" / "train.parquet"  # the demo world's tokens
 
     def base_policy_trained() -> bool:
         # Snakemake's own record, not the file: a job killed after writing its output but before

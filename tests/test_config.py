@@ -1,4 +1,5 @@
 import copy
+import re
 
 import pytest
 import yaml
@@ -13,9 +14,41 @@ def _default():
 def test_shipped_configs_validate():
     demo = load_config()
     assert demo["demo"]["enabled"] and missing_assets(demo) == []
+    demo_studies = {"demo_ablations"}  # on the demo world: they share it (workflow/rules/common.smk)
     for study in sorted((REPO / "workflow" / "studies").glob("*.yaml")):
         cfg = load_config(study)
-        assert not cfg["demo"]["enabled"]
+        assert cfg["demo"]["enabled"] == (study.stem in demo_studies), study.name
+        assert cfg["study"] != demo["study"], "a study must not share the demo's results tree"
+
+
+def test_method_overrides_are_validated_and_merged():
+    cfg = _default()
+    cfg["methods"].append({"name": "ranke_k1", "mode": "ranke", "train": {"decoder": {"rank_k": 1}}})
+    from ranke.config import method_train
+
+    out = validate_config(cfg)
+    assert method_train(out, "ranke_k1")["decoder"]["rank_k"] == 1
+    assert method_train(out, "ranke")["decoder"]["rank_k"] == out["train"]["decoder"]["rank_k"]
+    assert method_train(out, "ranke_k1")["decoder"]["lr"] == out["train"]["decoder"]["lr"]  # the rest inherited
+    for override, message in [({"decoder": {"rank_kk": 1}}, "methods[bad].train (merged over train): train.decoder"),
+                              ({"decoder": {"rank_k": "one"}}, "train.decoder.rank_k"),
+                              ({"decoder": {"rank_k": 99}}, "decoder.rank_k = 99 exceeds train.group_size")]:
+        bad = _default()
+        bad["methods"].append({"name": "bad", "mode": "ranke", "train": override})
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            validate_config(bad)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"replicates": [0, "0"]}, "a seed is listed twice"),
+    ({"methods": [{"name": "base", "mode": "none"}, {"name": "tokens", "mode": "ranke"}]}, "cannot be method names"),
+    ({"report": {"rl_reference": "nope"}}, "report.rl_reference = 'nope' is not a method"),
+])
+def test_cross_key_problems_name_the_keys(change, message):
+    cfg = _default()
+    cfg.update(change)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(cfg)
 
 
 def test_defaults_are_filled():

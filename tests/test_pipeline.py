@@ -122,13 +122,13 @@ def test_demo_job_groups_and_stage_threads(tmp_path):
     for members in by_name["evaluate"]:
         assert len({wc for _, wc in members}) == 1 and not wc_round(members[0][1]) == last, members
         assert sorted(rule for rule, _ in members) in (["sample", "score"], ["score"]), members
-    assert len(by_name["evaluate"]) == 3 * (last - 1) * len(seeds)  # policy, decoder, ranke
+    trained = [m["name"] for m in cfg["methods"] if m["mode"] != "none"]
+    assert len(by_name["evaluate"]) == len(trained) * (last - 1) * len(seeds)
     # the last rounds (and the base model's round 0) of every replicate with the report: one job
     (final,) = by_name["final_evaluation"]
     scored = sorted(wc for rule, wc in final if rule == "score")
     assert scored == sorted([f"method=base, seed={s}, round=0" for s in seeds]
-                            + [f"method={m}, seed={s}, round={last}" for m in ("decoder", "policy", "ranke")
-                               for s in seeds])
+                            + [f"method={m}, seed={s}, round={last}" for m in trained for s in seeds])
     assert [rule for rule, _ in final].count("report") == 1
     # sample and score run with the threads the config gives them
     threads = {rule: cfg["resources"][rule]["threads"] for rule in ("sample", "score")}
@@ -147,7 +147,7 @@ def test_tiny_demo_study_end_to_end(tiny_local_study):
 
     # 1. the run was interrupted once after the tokens existed, and the restart continued
     res = work / "results" / "demo"  # one results tree per study (config `study`)
-    tokens = res / "tokens" / "train.parquet"
+    tokens = work / "resources" / "demo" / "tokens" / "train.parquet"  # part of the (shared) demo world
     assert tiny_local_study["interrupted"], "the first run never produced the tokens"
     assert tokens.stat().st_mtime == tiny_local_study["tokens_mtime_before_restart"], "restart redid a finished stage"
 
@@ -206,3 +206,13 @@ def test_tiny_demo_study_end_to_end(tiny_local_study):
     deltas = pd.read_csv(added / "results" / "demo" / "report" / "deltas.csv")
     assert set(deltas.loc[deltas.level == "within replicate", "replicate"]) == {0, 1}
     assert planned_rules(snakemake("-n", "--cores", "2", "--configfile", str(TINY), str(more), workdir=added)) == {}
+
+    # 7. a second study on the same demo world (another `study`, other methods) reuses the world,
+    # its tokens and the FID reference, and writes only into its own results tree
+    other = work.parent / "other_study.yaml"
+    other.write_text(yaml.safe_dump({"study": "tiny_ablation", "methods": [
+        {"name": "base", "mode": "none"}, {"name": "ranke", "mode": "ranke"},
+        {"name": "ranke_k1", "mode": "ranke", "train": {"decoder": {"rank_k": 1}}}]}))
+    plan = planned_rules(snakemake("-n", "--cores", "2", "--configfile", str(TINY), str(other), workdir=work))
+    assert plan == {"prompts": 1, "baseline": 1, "train_round": 2, "sample": 2, "score": 3, "demo_quality": 1,
+                    "report": 1, "all": 1}, plan

@@ -410,17 +410,28 @@ class AdoptedLocalJob(submitit.LocalJob):
         return {"jobState": "INTERRUPTED"}
 
 
+# How often the driver looks for the job's result file: a local job's is on this machine (a stat
+# every 0.2 s costs nothing, and a demo round lasts seconds); a SLURM job's is on a shared file
+# system, whose attribute cache is refreshed on every look (_has_results).
+RESULT_POLL_S = {"local": 0.2, "slurm": 1.0}
+
+
 def _wait(job, state_every_s: float = 10.0) -> None:
-    """Until the job ends: its result file(s) every second, its scheduler state every `state_every_s`.
+    """Until the job ends: its result file(s) every RESULT_POLL_S, its scheduler state every
+    `state_every_s`; for a local job also until its process has exited.
 
     Not submitit's job.done(): it asks sacct about a running job only every min(60 s, half its
     age), so a round job that was cancelled or died without a result would be noticed up to a
     minute late; and it counts a SUSPENDED job as done (and never asks about it again), so the
-    driver would give up on a job that resumes later.
+    driver would give up on a job that resumes later. And not submitit's LocalJob.wait(), which
+    checks the process once a second: after the result is written, that cost every demo round
+    up to a second more.
     """
+    local = isinstance(job, submitit.LocalJob)
+    poll = RESULT_POLL_S["local" if local else "slurm"]
     last = time.monotonic()
     while not _has_results(job):
-        time.sleep(1)
+        time.sleep(poll)
         if time.monotonic() - last >= state_every_s:
             alive, state = job_alive(job)
             if not alive:
@@ -428,6 +439,12 @@ def _wait(job, state_every_s: float = 10.0) -> None:
                     log.warning("round job %s is %s and wrote no result", job.job_id, state)
                 return
             last = time.monotonic()
+    process = getattr(job, "_process", None) if local else None
+    if process is not None:  # the result is written just before the job's process exits
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            log.warning("round job %s wrote its result but its process has not exited after 60 s", job.job_id)
 
 
 def _has_results(job) -> bool:

@@ -39,7 +39,13 @@ RESULTS = f"results/{STUDY}"
 LOGS = f"logs/{STUDY}"
 RUN = f"{RESULTS}/{{method}}/seed_{{seed}}/round_{{round}}"
 RUN_LOGS = f"{LOGS}/{{method}}/seed_{{seed}}/round_{{round}}"
-TOKENS = f"{RESULTS}/tokens"
+# The demo world (dataset, base models and the tokens its base GPT trains on) is shared by every
+# study on it (the demo, its ablations): its files and logs live under demo.root, and only the
+# first study that needs them makes them. A real study tokenizes COCO into its own tree.
+WORLD = config["demo"]["root"]
+WORLD_LOGS = f"{WORLD}/logs"
+TOKENS = f"{WORLD}/tokens" if DEMO else f"{RESULTS}/tokens"
+TOKEN_LOGS = f"{WORLD_LOGS}/tokenize" if DEMO else f"{LOGS}/tokenize"
 PROMPTS = f"{RESULTS}/prompts.parquet"
 REPORT_DIR = f"{RESULTS}/report"
 # what the report states it was made from: the whole (validated) config

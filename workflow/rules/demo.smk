@@ -13,7 +13,7 @@ if DEMO:
         conda:
             CONDA_ENV
         log:
-            f"{LOGS}/demo/data.log",
+            f"{WORLD_LOGS}/data.log",
         resources:
             runtime=res("default", "runtime"),
             mem_mb=res("default", "mem_mb"),
@@ -33,7 +33,7 @@ if DEMO:
         conda:
             CONDA_ENV
         log:
-            f"{LOGS}/demo/vq.log",
+            f"{WORLD_LOGS}/vq.log",
         threads: 1  # VQ and CLIP train side by side, one core each
         resources:
             runtime=res("demo_train", "runtime"),
@@ -57,7 +57,7 @@ if DEMO:
         conda:
             CONDA_ENV
         log:
-            f"{LOGS}/demo/text.log",
+            f"{WORLD_LOGS}/text.log",
         resources:
             runtime=res("default", "runtime"),
             mem_mb=res("default", "mem_mb"),
@@ -79,7 +79,7 @@ if DEMO:
         conda:
             CONDA_ENV
         log:
-            f"{LOGS}/demo/clip.log",
+            f"{WORLD_LOGS}/clip.log",
         threads: 1  # VQ and CLIP train side by side, one core each
         resources:
             runtime=res("demo_train", "runtime"),
@@ -104,7 +104,7 @@ if DEMO:
         conda:
             CONDA_ENV
         log:
-            f"{LOGS}/demo/gpt.log",
+            f"{WORLD_LOGS}/gpt.log",
         threads: 2
         resources:
             runtime=res("demo_train", "runtime"),

@@ -10,10 +10,13 @@ rule fid_reference:
         fid_reference_path(),
     params:
         cfg=fid_reference_config(),
+    # every score job waits for it, and it takes seconds: before the round jobs that fill the cores
+    priority: CRITICAL_PATH_PRIORITY
     conda:
         CONDA_ENV
     log:
-        f"{LOGS}/fid_reference.log",
+        # beside the shared cache of references, not in one study's tree
+        f"logs/fid_reference/{Path(fid_reference_path()).stem}.log",
     threads: res("score", "threads")
     resources:
         runtime=res("score", "runtime"),

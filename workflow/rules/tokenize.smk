@@ -15,7 +15,7 @@ rule tokenize:
     conda:
         CONDA_ENV
     log:
-        f"{LOGS}/tokenize/{{split}}.log",
+        f"{TOKEN_LOGS}/{{split}}.log",
     threads: max(1, config["tokenize"]["workers"])  # the stage's loader processes
     resources:
         runtime=res("tokenize", "runtime"),
@@ -39,7 +39,7 @@ rule code_histogram:
     conda:
         CONDA_ENV
     log:
-        f"{LOGS}/tokenize/code_hist.log",
+        f"{TOKEN_LOGS}/code_hist.log",
     resources:
         runtime=res("default", "runtime"),
         mem_mb=res("default", "mem_mb"),

@@ -21,6 +21,9 @@ rule train_round:
         cfg=round_config,
         init=round_init,
         work=f"{RUN}/work",
+    # a method's rounds are a chain (round r starts from round r-1) that ends in its last
+    # evaluation: advance the chains first, so that scoring fills the gaps instead of the tail
+    priority: CRITICAL_PATH_PRIORITY
     conda:
         CONDA_ENV
     log:
