@@ -37,7 +37,7 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         report_outputs(),
         demo_outputs(),
-    default_target: True

@@ -60,6 +60,13 @@ def test_lint_is_clean():
     assert "Congratulations" in out.stdout + out.stderr
 
 
+def test_snakefmt_clean():
+    """The Snakefile and every rule file as snakefmt (the version pinned in pyproject.toml) writes them."""
+    out = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "workflow/rules"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 def test_cluster_study_fails_fast_listing_missing_assets(tmp_path):
     out = snakemake("-n", "--configfile", str(REPO / "workflow/studies/llamagen_xl.yaml"),
                     workdir=tmp_path, check=False, timeout=300)

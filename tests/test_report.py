@@ -372,13 +372,17 @@ def test_ablation_table_and_deltas(tmp_path):
              "ranke_round": {"mode": "ranke", "schedule": "round"}}
     methods, metrics, boots, logs, _ = make_study(tmp_path, extra_methods=extra, grids=False)
     out = tmp_path / "report"
-    build.report(metrics, boots, logs, [], {"methods": methods, "report": {}}, out)
+    # the rule passes the study's list of methods: the tables keep its order
+    listed = [dict(entry, name=name) for name, entry in reversed(list(methods.items()))]
+    build.report(metrics, boots, logs, [], {"methods": listed, "report": {}}, out)
     # the variants are not rows of the main table
     main = pd.read_csv(out / "main_table.csv")
     assert not main.method.isin(list(extra)).any()
     ab = pd.read_csv(out / "ablation_table.csv")
-    assert list(ab.method) == ["policy", "decoder", "ranke_uniform", "ranke_round"]
-    assert set(ab.reference) == {"ranke"}
+    # the reference first, then the others in the list's order
+    assert list(ab.method) == ["ranke", "ranke_round", "ranke_uniform", "decoder", "policy"]
+    assert set(ab.reference) == {"ranke"} and ab.loc[ab.method == "ranke", "clip_score_delta"].isna().all()
+    ab = ab[ab.method != "ranke"]
     overrides = ab.set_index("method")["overrides"].fillna("")
     assert overrides["ranke_uniform"] == "decoder.rank_k=8, decoder.rank_weighting=uniform"
     assert overrides["ranke_round"] == "schedule=round"
@@ -391,7 +395,9 @@ def test_ablation_table_and_deltas(tmp_path):
     assert "decoder.rank_k=8" in md and "Δ = method − RankE" in md
     # deltas.csv: both tables' comparisons, across replicates and within each replicate
     deltas = pd.read_csv(out / "deltas.csv")
-    assert set(deltas.table) == {"main", "ablation"}
+    assert set(deltas.table) == {"main", "ablation", "vs base"}
+    vs_base = deltas[(deltas.table == "vs base") & (deltas.level == "across replicates")]
+    assert set(vs_base.method) == {"policy", "decoder", "ranke"} and set(vs_base.reference) == {"base"}
     main_rows = deltas[(deltas.table == "main") & (deltas.metric == "fid")]
     assert list(main_rows.level) == ["across replicates"] + ["within replicate"] * 3
     b = tables.load_bootstrap(boots)

@@ -61,6 +61,14 @@ def test_bootstrap_interval_corrects_a_biased_bootstrap():
     assert iv.lo < lo_pct and iv.hi < hi_pct and iv.lo < 10.0 < iv.hi and (iv.lo + iv.hi) / 2 < 10.0
 
 
+def test_no_bootstrap_interval_when_the_resamples_miss_the_estimate():
+    """code-KL at small N: every resample of repeated images is above the plug-in estimate."""
+    boot = np.linspace(0.061, 0.098, 1000)
+    iv = stats.bootstrap_interval(0.0578, boot, 0.95)
+    assert iv.kind == stats.BIASED and np.isnan(iv.lo) and np.isnan(iv.hi) and not iv.excludes_zero
+    assert stats.bootstrap_interval(0.0578, np.r_[boot[:-30], np.full(30, 0.05)], 0.95).kind == stats.WITHIN
+
+
 def test_bootstrap_p_value_inverts_the_interval():
     rng = np.random.default_rng(3)
     for _ in range(100):

@@ -101,6 +101,8 @@ def report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     methods = config.get("methods") or {}
+    if isinstance(methods, list):  # the study's list, in its order (a JSON object would be sorted)
+        methods = {m["name"]: m for m in methods}
     rc = config.get("report") or {}
     confidence = float(rc.get("confidence", 0.95))
     refs = {"rl_reference": rc.get("rl_reference"), "ablation_reference": rc.get("ablation_reference")}
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ranke report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config-json", required=True,
-                    help='{"study": S, "methods": {name: {mode, schedule?, label?, train?}}, "replicates": [...], '
+                    help='{"study": S, "methods": [{name, mode, schedule?, label?, train?}, ...], "replicates": [...], '
                          '"report": {"grid_prompts", "confidence", "rl_reference", "ablation_reference"}}')
     ap.add_argument("--config-hash", default=None, help="hash of the whole study config (stated by the report)")
     ap.add_argument("--metrics", nargs="+", required=True, help="metrics.parquet files (all methods, replicates, rounds)")
@@ -200,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log)
     logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting chatter
     cfg = parse_config_json(args.config_json)
-    if not isinstance(cfg.get("methods", {}), dict):
-        raise SystemExit("--config-json: 'methods' must be a mapping {name: {mode: ...}}")
+    if not isinstance(cfg.get("methods", {}), (dict, list)):
+        raise SystemExit("--config-json: 'methods' must be the study's list of methods (or {name: {mode: ...}})")
     log.info("report config: %s", json.dumps(cfg, sort_keys=True))
     report(args.metrics, args.bootstrap, args.train_logs, args.grids, cfg, args.out_dir,
            prompts_path=args.prompts, config_hash=args.config_hash)

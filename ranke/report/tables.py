@@ -506,6 +506,12 @@ def interval_note(metrics: pd.DataFrame, boot: pd.DataFrame | None, confidence: 
         return f"One replicate (seed {seeds[0]}) and no bootstrap resamples: no intervals."
     text = (f"One replicate (seed {seeds[0]}): [lo, hi] = {boot_desc}; it covers evaluation noise only, not the "
             "variation between training seeds (add replicates for that).")
+    biased = stats.per_replicate(metrics, boot, confidence)
+    biased = sorted(set(biased.loc[biased.interval == stats.BIASED, "metric"]))
+    if biased:
+        text += (f" No interval for {', '.join(metric_spec(m).label.split(' ')[0] for m in biased)} where the "
+                 "resamples do not cover the estimate (a histogram's or a covariance's statistic is biased upwards "
+                 "on resamples of repeated images).")
     if deltas:
         text += (f" Δ rows: paired bootstrap of the differences on the same resamples; {SIGNIFICANT} = the interval "
                  "excludes 0 (p-values in deltas.csv).")
@@ -714,13 +720,17 @@ def ablation_table(metrics: pd.DataFrame, config_methods: dict, boot: pd.DataFra
     ref = reference(infos, "ablation", ablation_reference)
     summary = stats.summarize(metrics, boot, confidence)
     compared = {n: i for n, i in infos.items() if ref and n != ref and i.mode != "none"}
-    rows = _final_rows(summary, compared, finals, shown) if compared else pd.DataFrame(
+    # the reference first (its own values; its deltas are empty), then what is compared with it
+    listed = {ref: infos[ref], **compared} if compared else {}
+    rows = _final_rows(summary, listed, finals, shown) if listed else pd.DataFrame(
         columns=["method", "label", "overrides", "round", "replicates"])
     for m in shown:
         for col in ("_delta", "_delta_lo", "_delta_hi", "_delta_p"):
             rows[f"{m}{col}"] = float("nan")
         rows[f"{m}_delta_kind"] = stats.NONE
         for i, name in enumerate(rows["method"]):
+            if name == ref:
+                continue
             iv = stats.paired_difference(metrics, boot, name, ref, finals[name], finals[ref], m, confidence)[0]
             rows.loc[i, [f"{m}_delta", f"{m}_delta_lo", f"{m}_delta_hi", f"{m}_delta_p"]] = [iv.estimate, iv.lo,
                                                                                             iv.hi, iv.p]
@@ -750,7 +760,8 @@ def _ablation_cells(t: AblationTable, kind: str) -> tuple[list[str], list[list[s
         header += [t.headers[kind][m], _escape("Δ", kind)]
     body = []
     for row in t.rows.to_dict("records"):
-        cells = [_escape(row["label"], kind), _escape(row["overrides"] or "–", kind)]
+        label = row["label"] + (" (reference)" if row["method"] == t.reference else "")
+        cells = [_escape(label, kind), _escape(row["overrides"] or "–", kind)]
         for m in t.metrics:
             cells.append(_number(_cell(row, m, t.interval_kind, t.decimals[m]), kind))
             iv = stats.Interval(row[f"{m}_delta"], row[f"{m}_delta_lo"], row[f"{m}_delta_hi"], 0,
@@ -816,9 +827,13 @@ def _iv(iv: stats.Interval) -> dict:
 
 def comparisons(metrics: pd.DataFrame, config_methods: dict, *, rl_reference: str | None = None,
                 ablation_reference: str | None = None) -> list[tuple[str, str, str]]:
-    """(table, method, reference) of every delta the tables show."""
+    """(table, method, reference) of every delta the tables show, and of every trained method of the
+    main table against the base model ("vs base": did training move it at all?)."""
     infos = method_infos(config_methods, set(metrics["method"]))
     out = []
+    base = next((n for n, i in infos.items() if i.mode == "none"), None)
+    if base:
+        out += [("vs base", n, base) for n, i in infos.items() if i.mode not in (None, "none") and not i.ablation]
     rl = reference(infos, "rl", rl_reference)
     if rl:
         out += [("main", n, rl) for n, i in infos.items() if i.mode == "ranke" and not i.ablation]

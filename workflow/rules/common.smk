@@ -8,7 +8,6 @@ from snakemake.utils import validate
 
 from ranke.config import codebook_size, cross_key_problems, method_train, missing_assets
 
-
 validate(config, schema="../schemas/config.schema.yaml")
 _problems = cross_key_problems(config)
 if _problems:
@@ -49,7 +48,9 @@ TOKEN_LOGS = f"{WORLD_LOGS}/tokenize" if DEMO else f"{LOGS}/tokenize"
 PROMPTS = f"{RESULTS}/prompts.parquet"
 REPORT_DIR = f"{RESULTS}/report"
 # what the report states it was made from: the whole (validated) config
-CONFIG_HASH = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+CONFIG_HASH = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[
+    :12
+]
 
 # Job groups: on a cluster each group runs as one job, which saves a queue wait and a Python +
 # torch start per stage; a local run ignores them. The demo world (CPU minutes in all) is one job
@@ -81,7 +82,7 @@ def stage_config(*sections):
     cfg = {key: config[key] for key in _RUNTIME_KEYS if key in config}
     for section in sections:
         if section == "methods":
-            cfg["methods"] = METHODS
+            cfg["methods"] = config["methods"]  # a list: the tables keep the study's order
         else:
             cfg[section] = config[section]
     return json.dumps(cfg, sort_keys=True)
@@ -94,7 +95,9 @@ def replicate_config(*sections):
     def cfg_of(wildcards):
         cfg = json.loads(stage_config(*sections))
         if "sampling" in cfg:
-            cfg["sampling"] = dict(cfg["sampling"], seed=int(config["sampling"]["seed"]) + int(wildcards.seed))
+            cfg["sampling"] = dict(
+                cfg["sampling"], seed=int(config["sampling"]["seed"]) + int(wildcards.seed)
+            )
         return json.dumps(cfg, sort_keys=True)
 
     return cfg_of

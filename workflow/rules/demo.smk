@@ -6,17 +6,17 @@ if DEMO:
     rule demo_data:
         output:
             directory(ASSETS["coco_root"]),
-        params:
-            cfg=stage_config("seed", "demo"),
+        log:
+            f"{WORLD_LOGS}/data.log",
         group:
             DEMO_GROUP
         conda:
             CONDA_ENV
-        log:
-            f"{WORLD_LOGS}/data.log",
         resources:
             runtime=res("default", "runtime"),
             mem_mb=res("default", "mem_mb"),
+        params:
+            cfg=stage_config("seed", "demo"),
         shell:
             "python -m ranke demo-data --config-json {params.cfg:q} --out {output:q} 2> {log:q}"
 
@@ -25,21 +25,21 @@ if DEMO:
             coco=ASSETS["coco_root"],
         output:
             ASSETS["vq"]["checkpoint"],
-        params:
-            cfg=stage_config("seed", "demo"),
+        log:
+            f"{WORLD_LOGS}/vq.log",
         priority: CRITICAL_PATH_PRIORITY
         group:
             DEMO_GROUP
         conda:
             CONDA_ENV
-        log:
-            f"{WORLD_LOGS}/vq.log",
         threads: 1  # VQ and CLIP train side by side, one core each
         resources:
             runtime=res("demo_train", "runtime"),
             mem_mb=res("demo_train", "mem_mb"),
             gpu=res("demo_train", "gpu"),
             cpus_per_gpu=res("demo_train", "cpus_per_gpu"),
+        params:
+            cfg=stage_config("seed", "demo"),
         shell:
             "python -m ranke demo-train vq --config-json {params.cfg:q} --coco {input.coco:q} --threads {threads}"
             " --out {output:q} 2> {log:q}"
@@ -49,18 +49,18 @@ if DEMO:
             coco=ASSETS["coco_root"],
         output:
             directory(ASSETS["text_encoder"]["path"]),
-        params:
-            cfg=stage_config("seed", "demo"),
+        log:
+            f"{WORLD_LOGS}/text.log",
         priority: CRITICAL_PATH_PRIORITY
         group:
             DEMO_GROUP
         conda:
             CONDA_ENV
-        log:
-            f"{WORLD_LOGS}/text.log",
         resources:
             runtime=res("default", "runtime"),
             mem_mb=res("default", "mem_mb"),
+        params:
+            cfg=stage_config("seed", "demo"),
         shell:
             "python -m ranke demo-train text --config-json {params.cfg:q} --coco {input.coco:q} --threads {threads}"
             " --out {output:q} 2> {log:q}"
@@ -71,21 +71,21 @@ if DEMO:
         output:
             config=ASSETS["clip"]["config"],
             weights=ASSETS["clip"]["weights"],
-        params:
-            cfg=stage_config("seed", "demo"),
-            outdir=parent_dir_of_weights,
+        log:
+            f"{WORLD_LOGS}/clip.log",
         group:
             DEMO_GROUP
         conda:
             CONDA_ENV
-        log:
-            f"{WORLD_LOGS}/clip.log",
         threads: 1  # VQ and CLIP train side by side, one core each
         resources:
             runtime=res("demo_train", "runtime"),
             mem_mb=res("demo_train", "mem_mb"),
             gpu=res("demo_train", "gpu"),
             cpus_per_gpu=res("demo_train", "cpus_per_gpu"),
+        params:
+            cfg=stage_config("seed", "demo"),
+            outdir=parent_dir_of_weights,
         shell:
             "python -m ranke demo-train clip --config-json {params.cfg:q} --coco {input.coco:q} --threads {threads}"
             " --out {params.outdir:q} 2> {log:q}"
@@ -96,21 +96,21 @@ if DEMO:
             text=ASSETS["text_encoder"]["path"],
         output:
             ASSETS["gpt"]["checkpoint"],
-        params:
-            cfg=stage_config("seed", "demo"),
+        log:
+            f"{WORLD_LOGS}/gpt.log",
         priority: CRITICAL_PATH_PRIORITY
         group:
             DEMO_GROUP
         conda:
             CONDA_ENV
-        log:
-            f"{WORLD_LOGS}/gpt.log",
         threads: 2
         resources:
             runtime=res("demo_train", "runtime"),
             mem_mb=res("demo_train", "mem_mb"),
             gpu=res("demo_train", "gpu"),
             cpus_per_gpu=res("demo_train", "cpus_per_gpu"),
+        params:
+            cfg=stage_config("seed", "demo"),
         shell:
             "python -m ranke demo-train gpt --config-json {params.cfg:q} --tokens {input.tokens:q} --threads {threads}"
             " --t5 {input.text:q} --out {output:q} 2> {log:q}"
@@ -122,18 +122,18 @@ if DEMO:
             tokens=f"{TOKENS}/val.parquet",
         output:
             f"{RESULTS}/demo/quality.parquet",
-        params:
-            cfg=stage_config("seed", "demo", "sampling", "prompts"),
-        conda:
-            CONDA_ENV
         log:
             f"{LOGS}/demo/quality.log",
+        conda:
+            CONDA_ENV
         threads: 2
         resources:
             runtime=res("demo_train", "runtime"),
             mem_mb=res("demo_train", "mem_mb"),
             gpu=res("demo_train", "gpu"),
             cpus_per_gpu=res("demo_train", "cpus_per_gpu"),
+        params:
+            cfg=stage_config("seed", "demo", "sampling", "prompts"),
         shell:
             "python -m ranke demo-quality --config-json {params.cfg:q} --tokens {input.tokens:q} --threads {threads}"
             " --out {output:q} 2> {log:q}"

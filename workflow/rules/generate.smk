@@ -8,50 +8,50 @@ rule baseline:
         models=base_model_files(),
     output:
         f"{RESULTS}/base/seed_{{seed}}/round_0/samples.parquet",
-    params:
-        cfg=replicate_config("sampling"),
+    log:
+        f"{LOGS}/base/seed_{{seed}}/round_0/sample.log",
     priority: CRITICAL_PATH_PRIORITY
     conda:
         CONDA_ENV
-    log:
-        f"{LOGS}/base/seed_{{seed}}/round_0/sample.log",
     threads: res("sample", "threads")
     resources:
         runtime=res("sample", "runtime"),
         mem_mb=res("sample", "mem_mb"),
         gpu=res("sample", "gpu"),
         cpus_per_gpu=res("sample", "cpus_per_gpu"),
+    params:
+        cfg=replicate_config("sampling"),
     shell:
         "python -m ranke sample --config-json {params.cfg:q} --method base --round 0"
         " --checkpoint base --prompts {input.prompts:q} --out {output:q} --threads {threads} 2> {log:q}"
 
 
 rule sample:
-    # Rounds from 1 only: round 0 is `baseline`. An output pattern that also matched round 0 would
-    # let the Snakemake inside an evaluation group job (which may use only the group's rules)
-    # pick this rule for the base samples, delete them, and fail for want of a round-0 checkpoint.
-    wildcard_constraints:
-        round=r"[1-9]\d*",
     input:
         prompts=PROMPTS,
         checkpoint=f"{RUN}/checkpoint",
     output:
         f"{RUN}/samples.parquet",
-    params:
-        cfg=replicate_config("sampling"),
+    log:
+        f"{RUN_LOGS}/sample.log",
+    # Rounds from 1 only: round 0 is `baseline`. An output pattern that also matched round 0 would
+    # let the Snakemake inside an evaluation group job (which may use only the group's rules)
+    # pick this rule for the base samples, delete them, and fail for want of a round-0 checkpoint.
+    wildcard_constraints:
+        round=r"[1-9]\d*",
     priority: CRITICAL_PATH_PRIORITY
     group:
         evaluate_group
     conda:
         CONDA_ENV
-    log:
-        f"{RUN_LOGS}/sample.log",
     threads: res("sample", "threads")
     resources:
         runtime=res("sample", "runtime"),
         mem_mb=res("sample", "mem_mb"),
         gpu=res("sample", "gpu"),
         cpus_per_gpu=res("sample", "cpus_per_gpu"),
+    params:
+        cfg=replicate_config("sampling"),
     shell:
         "python -m ranke sample --config-json {params.cfg:q} --method {wildcards.method}"
         " --round {wildcards.round} --checkpoint {input.checkpoint:q} --prompts {input.prompts:q}"

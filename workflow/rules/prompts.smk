@@ -8,16 +8,16 @@ rule prompts:
         captions_csv=prompt_file_inputs(),
     output:
         PROMPTS,
-    params:
-        cfg=stage_config("prompts"),
+    log:
+        f"{LOGS}/prompts.log",
     group:
         DEMO_GROUP
     conda:
         CONDA_ENV
-    log:
-        f"{LOGS}/prompts.log",
     resources:
         runtime=res("default", "runtime"),
         mem_mb=res("default", "mem_mb"),
+    params:
+        cfg=stage_config("prompts"),
     shell:
         "python -m ranke prompts --config-json {params.cfg:q} --out {output:q} 2> {log:q}"

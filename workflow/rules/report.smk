@@ -55,19 +55,19 @@ rule report:
             f"{REPORT_DIR}/{{name}}.pdf",
             name=["curves", "pareto", "code_shift", "train_curves", "samples"],
         ),
-    params:
-        cfg=stage_config("study", "methods", "replicates", "report"),
-        config_hash=CONFIG_HASH,
-        out_dir=dir_of_output_main,
+    log:
+        f"{LOGS}/report.log",
     group:
         FINAL_GROUP
     conda:
         CONDA_ENV
-    log:
-        f"{LOGS}/report.log",
     resources:
         runtime=res("default", "runtime"),
         mem_mb=res("default", "mem_mb"),
+    params:
+        cfg=stage_config("study", "methods", "replicates", "report"),
+        config_hash=CONFIG_HASH,
+        out_dir=dir_of_output_main,
     shell:
         "python -m ranke report --config-json {params.cfg:q} --config-hash {params.config_hash}"
         " --metrics {input.metrics:q} --bootstrap {input.bootstrap:q} --train-logs {input.train_logs:q}"

@@ -8,21 +8,21 @@ rule fid_reference:
         ASSETS["fid"]["weights"],
     output:
         fid_reference_path(),
-    params:
-        cfg=fid_reference_config(),
+    log:
+        # beside the shared cache of references, not in one study's tree
+        f"logs/fid_reference/{Path(fid_reference_path()).stem}.log",
     # every score job waits for it, and it takes seconds: before the round jobs that fill the cores
     priority: CRITICAL_PATH_PRIORITY
     conda:
         CONDA_ENV
-    log:
-        # beside the shared cache of references, not in one study's tree
-        f"logs/fid_reference/{Path(fid_reference_path()).stem}.log",
     threads: res("score", "threads")
     resources:
         runtime=res("score", "runtime"),
         mem_mb=res("score", "mem_mb"),
         gpu=res("score", "gpu"),
         cpus_per_gpu=res("score", "cpus_per_gpu"),
+    params:
+        cfg=fid_reference_config(),
     shell:
         "python -m ranke fid-reference --config-json {params.cfg:q} --out {output:q} --threads {threads} 2> {log:q}"
 
@@ -41,21 +41,21 @@ rule score:
         per_sample=f"{RUN}/per_sample.parquet",
         bootstrap=f"{RUN}/bootstrap.parquet",
         grid=f"{RUN}/grid.png",
-    params:
-        cfg=replicate_config("score", "sampling", "rounds", "prompts"),
-        checkpoint=score_checkpoint,
+    log:
+        f"{RUN_LOGS}/score.log",
     group:
         evaluate_group
     conda:
         CONDA_ENV
-    log:
-        f"{RUN_LOGS}/score.log",
     threads: res("score", "threads")
     resources:
         runtime=res("score", "runtime"),
         mem_mb=res("score", "mem_mb"),
         gpu=res("score", "gpu"),
         cpus_per_gpu=res("score", "cpus_per_gpu"),
+    params:
+        cfg=replicate_config("score", "sampling", "rounds", "prompts"),
+        checkpoint=score_checkpoint,
     shell:
         "python -m ranke score --config-json {params.cfg:q} --method {wildcards.method}"
         " --replicate {wildcards.seed} --round {wildcards.round} --samples {input.samples:q}"

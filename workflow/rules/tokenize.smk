@@ -7,21 +7,21 @@ rule tokenize:
         vq=base_vq_files(),
     output:
         f"{TOKENS}/{{split}}.parquet",
-    params:
-        cfg=stage_config("tokenize"),
+    log:
+        f"{TOKEN_LOGS}/{{split}}.log",
     priority: CRITICAL_PATH_PRIORITY
     group:
         DEMO_GROUP
     conda:
         CONDA_ENV
-    log:
-        f"{TOKEN_LOGS}/{{split}}.log",
     threads: max(1, config["tokenize"]["workers"])  # the stage's loader processes
     resources:
         runtime=res("tokenize", "runtime"),
         mem_mb=res("tokenize", "mem_mb"),
         gpu=res("tokenize", "gpu"),
         cpus_per_gpu=res("tokenize", "cpus_per_gpu"),
+    params:
+        cfg=stage_config("tokenize"),
     shell:
         "python -m ranke tokenize split --config-json {params.cfg:q} --split {wildcards.split}"
         " --out {output:q} 2> {log:q}"
@@ -32,17 +32,17 @@ rule code_histogram:
         f"{TOKENS}/{config['tokenize']['histogram_split']}.parquet",
     output:
         f"{TOKENS}/code_hist.parquet",
-    params:
-        codebook_size=codebook_size(config),
+    log:
+        f"{TOKEN_LOGS}/code_hist.log",
     group:
         DEMO_GROUP
     conda:
         CONDA_ENV
-    log:
-        f"{TOKEN_LOGS}/code_hist.log",
     resources:
         runtime=res("default", "runtime"),
         mem_mb=res("default", "mem_mb"),
+    params:
+        codebook_size=codebook_size(config),
     shell:
         "python -m ranke tokenize histogram --tokens {input:q}"
         " --codebook-size {params.codebook_size} --out {output:q} 2> {log:q}"

@@ -17,20 +17,20 @@ rule train_round:
     output:
         checkpoint=directory(f"{RUN}/checkpoint"),
         train_log=f"{RUN}/train_log.parquet",
-    params:
-        cfg=round_config,
-        init=round_init,
-        work=f"{RUN}/work",
+    log:
+        f"{RUN_LOGS}/train.log",
     # a method's rounds are a chain (round r starts from round r-1) that ends in its last
     # evaluation: advance the chains first, so that scoring fills the gaps instead of the tail
     priority: CRITICAL_PATH_PRIORITY
     conda:
         CONDA_ENV
-    log:
-        f"{RUN_LOGS}/train.log",
     resources:
         runtime=res("default", "runtime"),
         mem_mb=res("default", "mem_mb"),
+    params:
+        cfg=round_config,
+        init=round_init,
+        work=f"{RUN}/work",
     shell:
         "python -m ranke round --config-json {params.cfg:q} --method {wildcards.method}"
         " --round {wildcards.round} --init {params.init:q} --tokens {input.tokens:q}"
