@@ -665,18 +665,16 @@ def _main_align(t: MainTable) -> list[str]:
 
 
 def main_table_markdown(t: MainTable) -> str:
-    header, body = _main_cells(t, "md")
-    return markdown_table(header, body, _main_align(t)) + "\n" + t.footnote + "\n"
+    return render(*_main_cells(t, "md"), _main_align(t), t.footnote, "md")
 
 
 def main_table_latex(t: MainTable) -> str:
-    header, body = _main_cells(t, "tex")
-    return latex_tabular(header, body, _main_align(t), t.footnote, rule_before=len(t.rows) if t.deltas else None)
+    return render(*_main_cells(t, "tex"), _main_align(t), t.footnote, "tex",
+                  rule_before=len(t.rows) if t.deltas else None)
 
 
 def main_table_html(t: MainTable) -> str:
-    header, body = _main_cells(t, "html")
-    return html_table("Main table", header, body, _main_align(t), t.footnote)
+    return render(*_main_cells(t, "html"), _main_align(t), t.footnote, "html", title="Main table")
 
 
 def main_table_csv(t: MainTable) -> str:
@@ -776,18 +774,15 @@ def _ablation_align(t: AblationTable) -> list[str]:
 
 
 def ablation_table_markdown(t: AblationTable) -> str:
-    header, body = _ablation_cells(t, "md")
-    return markdown_table(header, body, _ablation_align(t)) + "\n" + t.footnote + "\n"
+    return render(*_ablation_cells(t, "md"), _ablation_align(t), t.footnote, "md")
 
 
 def ablation_table_latex(t: AblationTable) -> str:
-    header, body = _ablation_cells(t, "tex")
-    return latex_tabular(header, body, _ablation_align(t), t.footnote)
+    return render(*_ablation_cells(t, "tex"), _ablation_align(t), t.footnote, "tex")
 
 
 def ablation_table_html(t: AblationTable) -> str:
-    header, body = _ablation_cells(t, "html")
-    return html_table("Ablation table", header, body, _ablation_align(t), t.footnote)
+    return render(*_ablation_cells(t, "html"), _ablation_align(t), t.footnote, "html", title="Ablation table")
 
 
 def ablation_table_csv(t: AblationTable) -> str:
@@ -891,18 +886,15 @@ def _rounds_align(t: RoundsTable) -> list[str]:
 
 
 def rounds_table_markdown(t: RoundsTable) -> str:
-    header, body = _rounds_cells(t, "md")
-    return markdown_table(header, body, _rounds_align(t)) + "\n" + t.footnote + "\n"
+    return render(*_rounds_cells(t, "md"), _rounds_align(t), t.footnote, "md")
 
 
 def rounds_table_latex(t: RoundsTable) -> str:
-    header, body = _rounds_cells(t, "tex")
-    return latex_tabular(header, body, _rounds_align(t), t.footnote)
+    return render(*_rounds_cells(t, "tex"), _rounds_align(t), t.footnote, "tex")
 
 
 def rounds_table_html(t: RoundsTable) -> str:
-    header, body = _rounds_cells(t, "html")
-    return html_table("Per-round table", header, body, _rounds_align(t), t.footnote)
+    return render(*_rounds_cells(t, "html"), _rounds_align(t), t.footnote, "html", title="Per-round table")
 
 
 def rounds_table_csv(t: RoundsTable) -> str:
@@ -930,6 +922,16 @@ def _escape(text: str, kind: str) -> str:
 def _header_label(metric: str, kind: str) -> str:
     spec = metric_spec(metric)
     return spec.latex if kind == "tex" else _escape(spec.label, kind)
+
+
+def render(header: list[str], body: list[list[str]], align: list[str], note: str, kind: str, *,
+           title: str = "", rule_before: int | None = None) -> str:
+    """One table as Markdown (+ its note), a LaTeX tabular (+ note) or a self-contained HTML page."""
+    if kind == "md":
+        return markdown_table(header, body, align) + "\n" + note + "\n"
+    if kind == "tex":
+        return latex_tabular(header, body, align, note, rule_before=rule_before)
+    return html_table(title, header, body, align, note)
 
 
 def markdown_table(header: list[str], body: list[list[str]], align: list[str]) -> str:
