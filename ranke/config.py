@@ -107,6 +107,25 @@ def _train_problems(train: dict, where: str) -> list[str]:
     return problems
 
 
+def _geometry_problems(config: dict) -> list[str]:
+    """image_size against the VQ's downsampling (LlamaGen: 2^(levels - 1) of assets.vq.arch.ch_mult;
+    Janus-Pro: 16) and, in the demo, against the dataset generator's range."""
+    size = config.get("image_size")
+    if not isinstance(size, int):
+        return []
+    problems = []
+    if config.get("backbone", "llamagen") == "llamagen":
+        levels = len(((config.get("assets") or {}).get("vq") or {}).get("arch", {}).get("ch_mult") or [1, 1, 2, 2, 4])
+        factor, where = 2 ** (levels - 1), f"assets.vq.arch.ch_mult has {levels} levels"
+    else:
+        factor, where = 16, "the Janus-Pro VQ"
+    if size % factor:
+        problems.append(f"image_size = {size} is not a multiple of the VQ's downsampling factor {factor} ({where})")
+    if (config.get("demo") or {}).get("enabled") and not 16 <= size <= 512:
+        problems.append(f"image_size = {size}: the demo world draws images of 16 to 512 px (demo.enabled)")
+    return problems
+
+
 def cross_key_problems(config: dict) -> list[str]:
     """Constraints between keys that the JSON schema cannot state, one message per problem naming
     the keys. The Snakefile checks these while it parses (before any job), as do the stage CLIs."""
@@ -138,6 +157,7 @@ def cross_key_problems(config: dict) -> list[str]:
         named = (config.get("report") or {}).get(f"{which}_reference")
         if named and named not in methods:
             problems.append(f"{key} = {named!r} is not a method of the study ({methods})")
+    problems += _geometry_problems(config)
     arch = ((config.get("assets") or {}).get("gpt") or {}).get("arch") or {}
     if config.get("backbone", "llamagen") == "llamagen" and arch.get("preset"):
         explicit = {k: arch[k] for k in GPT_PRESET_SIZE_KEYS if arch.get(k) is not None}

@@ -155,6 +155,72 @@ def test_load_image_errors_name_the_path(tmp_path):
         coco.load_images(tmp_path, ["t.png", "corrupt.png"], 32, coco.GT)
 
 
+def _picture(seed: int = 0) -> np.ndarray:
+    """A 40x40 RGB picture with smooth and sharp content."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:40, :40]
+    arr = np.stack([x * 6, y * 6, (x + y) * 3], axis=-1).astype(np.uint8)
+    arr[10:20, 15:30] = rng.integers(0, 256, 3)
+    return arr
+
+
+def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path):
+    """PIL's I;16 -> RGB conversion clips every value above 255 (a white image); a 16-bit PNG must
+    give the same pixels as the same picture stored in 8 bit."""
+    gray8 = np.asarray(Image.fromarray(_picture()).convert("L"))
+    Image.fromarray(gray8).save(tmp_path / "g8.png")
+    Image.fromarray(gray8.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    with Image.open(tmp_path / "g16.png") as im:
+        assert im.mode == "I;16" and (np.asarray(im.convert("RGB")) == 255).mean() > 0.9  # the trap: white
+    for transform in coco.TRANSFORMS:
+        a = coco.load_image(tmp_path / "g8.png", 32, transform)
+        b = coco.load_image(tmp_path / "g16.png", 32, transform)
+        assert torch.equal(a, b), transform
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "L", "1", "YCbCr"])
+def test_alpha_palette_and_gray_modes_convert_as_pil_does_without_alpha(tmp_path, mode):
+    base = Image.fromarray(_picture())
+    if mode in ("RGBA", "LA"):
+        img = base.convert(mode)
+        img.putalpha(Image.fromarray(np.tile(np.arange(40, dtype=np.uint8) * 6, (40, 1))))
+    else:
+        img = base.convert(mode)
+    path = tmp_path / f"x.{'jpg' if mode == 'YCbCr' else 'png'}"
+    if mode == "P":  # a palette image with a transparent index
+        img.save(path, transparency=0)
+    else:
+        img.save(path)
+    with Image.open(path) as im:
+        expected = np.asarray(im.convert("RGBA").convert("RGB") if im.mode in ("P", "PA") else im.convert("RGB"))
+    got = coco.load_image(path, 40, coco.EVAL)  # 40 px square: the transform is the identity
+    assert np.array_equal(got.permute(1, 2, 0).numpy(), expected)
+
+
+def test_cmyk_goes_through_its_icc_profile(tmp_path):
+    from PIL import ImageCms
+
+    rgb = Image.fromarray(_picture())
+    srgb = ImageCms.createProfile("sRGB")
+    # a CMYK JPEG whose embedded profile is not PIL's naive CMYK: an sRGB profile of a CMYK
+    # image is unusable, which must fail naming the file rather than pass silently
+    cmyk = rgb.convert("CMYK")
+    cmyk.save(tmp_path / "plain.jpg")
+    naive = coco.load_image(tmp_path / "plain.jpg", 40, coco.EVAL)  # no profile: PIL's conversion
+    with Image.open(tmp_path / "plain.jpg") as im:
+        assert np.array_equal(naive.permute(1, 2, 0).numpy(), np.asarray(im.convert("RGB")))
+    cmyk.save(tmp_path / "badicc.jpg", icc_profile=ImageCms.ImageCmsProfile(srgb).tobytes())
+    with pytest.raises(coco.ImageReadError, match="badicc.jpg.*ICC"):
+        coco.load_image(tmp_path / "badicc.jpg", 40, coco.EVAL)
+
+
+@pytest.mark.parametrize("mode, dtype", [("I", np.int32), ("F", np.float32)])
+def test_32_bit_images_are_refused_naming_the_file(tmp_path, mode, dtype):
+    Image.fromarray(_picture()[..., 0].astype(dtype) * 100).save(tmp_path / "deep.tiff")
+    with pytest.raises(coco.ImageReadError, match=r"deep\.tiff.*no defined display range"):
+        coco.load_image(tmp_path / "deep.tiff", 32, coco.GT)
+
+
 def test_load_images_and_float_roundtrip(demo_root):
     split = coco.read_split(demo_root, "val")
     x = coco.load_images(demo_root, split.images["file"], 32, coco.GT)

@@ -43,10 +43,16 @@ def test_method_overrides_are_validated_and_merged():
     ({"replicates": [0, "0"]}, "a seed is listed twice"),
     ({"methods": [{"name": "base", "mode": "none"}, {"name": "tokens", "mode": "ranke"}]}, "cannot be method names"),
     ({"report": {"rl_reference": "nope"}}, "report.rl_reference = 'nope' is not a method"),
+    ({"image_size": 34}, "image_size = 34 is not a multiple of the VQ's downsampling factor 4"),
+    ({"train": {"decoder": {"rank_k": 9}}}, "train.decoder.rank_k = 9 exceeds train.group_size = 8"),
+    ({"train": {"prompts_per_step": 3, "world_size": 2}}, "prompts_per_step = 3 is not a multiple of train.world_size"),
+    ({"methods": [{"name": "base", "mode": "none"}, {"name": "a", "mode": "ranke"}, {"name": "a", "mode": "policy"}]},
+     "duplicate method names"),
 ])
 def test_cross_key_problems_name_the_keys(change, message):
-    cfg = _default()
-    cfg.update(change)
+    from ranke.config import merge
+
+    cfg = merge(_default(), change)
     with pytest.raises(ConfigError, match=message):
         validate_config(cfg)
 

@@ -86,6 +86,40 @@ def test_bad_config_value_fails_before_any_job(tmp_path):
     assert "lr" in out.stdout + out.stderr
 
 
+@pytest.mark.parametrize("bad, keys", [
+    ({"train": {"decoder": {"rank_k": 9}}}, ["train.decoder.rank_k = 9", "train.group_size = 8"]),
+    ({"image_size": 34}, ["image_size = 34", "assets.vq.arch.ch_mult"]),
+    ({"methods": [{"name": "base", "mode": "none"}, {"name": "ranke", "mode": "ranke"},
+                  {"name": "ranke", "mode": "policy"}]}, ["methods: duplicate method names"]),
+    ({"methods": [{"name": "base", "mode": "none"}, {"name": "ranke", "mode": "ranke"},
+                  {"name": "k1", "mode": "ranke", "train": {"decoder": {"rank_kk": 1}}}]},
+     ["methods[k1].train", "rank_kk"]),
+])
+def test_constraints_between_keys_fail_when_the_workflow_parses(tmp_path, bad, keys):
+    """Errors a schema cannot state surface at `snakemake -n`, naming the keys, not inside a job
+    after its queue wait (the later of two same-named methods used to replace the first silently)."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    out = snakemake("-n", "--configfile", str(path), workdir=tmp_path, check=False, timeout=300)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and "invalid configuration" in text, text[-2000:]
+    for key in keys:
+        assert key in text, (key, text[-2000:])
+
+
+def test_the_workflow_profile_applies_to_a_plain_run(tmp_path):
+    """profiles/default (beside the Snakefile) is found by a plain `snakemake`: a failed stage
+    prints its log, not `message: None` and a path."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"demo": {"dataset": {"shapes": ["hexagon"]}}}))  # the schema allows any name
+    out = snakemake("--cores", "1", "--configfile", str(bad), "--until", "demo_data", workdir=tmp_path,
+                    check=False, timeout=300)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "workflow specific profile" in text and "profiles/default" in text, text[-3000:]
+    assert "Error in rule demo_data" in text and "hexagon" in text.split("Error in rule demo_data")[1], text[-3000:]
+
+
 def _dry_run_groups(text: str) -> list[tuple[str, list[tuple[str, str]]]]:
     """[(group name, [(rule, wildcards), ...])] from the "Group job NAME" listings of a dry run."""
     groups, current, member = [], None, None

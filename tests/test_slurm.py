@@ -234,7 +234,7 @@ def test_snakemake_profile_slurm_runs_rules_as_jobs(slurm_cluster, tmp_path):
 
 TINY = "tests/configs/tiny.yaml"
 RESUME_FILE = "resume.pt"  # ranke.train.round.RESUME_FILE (not imported: that module loads torch)
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "workflow", "envs", "tests/configs"]
+WORKFLOW_FILES = ["Snakefile", "config.yaml", "profiles", "workflow", "envs", "tests/configs"]
 # the tiny study's trees (config `study` demo, one replicate: seed 0; workflow/rules/common.smk)
 RESULTS = "results/demo"
 RUN_DIR = RESULTS + "/{method}/seed_0/round_{round}"

@@ -17,9 +17,14 @@ official RankE code, each used by every stage that needs it:
   * EVAL ("eval"): torchvision `center_crop` to the shorter side, then one PIL LANCZOS resize to
     size x size: the GigaGAN/LlamaGen evaluation transform that RankE's evaluation applies to both
     FID image sets (and to CLIP-score images). Used for the FID reference statistics.
-  Both start from PIL's `convert("RGB")` of the decoded file, as upstream; EXIF orientation is
-  not applied (neither upstream nor COCO's annotation widths/heights do), so a rotated JPEG is
-  used as stored. For a square source of `size` pixels both transforms are the identity.
+  Both start from the decoded file as 8-bit RGB (`to_rgb`): PIL's `convert("RGB")`, as upstream,
+  for the modes it converts faithfully; 16-bit grayscale scaled to 8 bit (PIL's conversion clips
+  every value above 255, which turns a 16-bit PNG white); CMYK through its embedded ICC profile
+  when it has one (PIL's conversion ignores the profile); an alpha channel dropped, as upstream's
+  conversion does. 32-bit integer and float images have no defined range and are refused, naming
+  the file. EXIF orientation is not applied (neither upstream nor COCO's annotation
+  widths/heights do), so a rotated JPEG is used as stored. For a square source of `size` pixels
+  both transforms are the identity.
 
 torch is imported only by the functions that make tensors: the prompts stage reads captions
 through this module and needs none of it (~2.5 s of CPU per process on a small machine).
@@ -219,13 +224,63 @@ def captions_by_image(captions: pd.DataFrame) -> pd.DataFrame:
 GT, EVAL = "gt", "eval"
 TRANSFORMS = (GT, EVAL)
 
+# PIL modes and what to_rgb does with them
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+_ALPHA = ("RGBA", "RGBa", "LA", "La", "PA")
+_REFUSED = {"I": "32-bit integer", "F": "32-bit float", "I;32": "32-bit integer", "I;32L": "32-bit integer",
+            "I;32B": "32-bit integer"}
+_warned_modes: set[str] = set()
+
+
+def to_rgb(img: Image.Image, path: str | os.PathLike = "<image>") -> Image.Image:
+    """8-bit RGB of a decoded image, or ImageReadError naming `path` where no conversion is right.
+
+    * RGB, L, 1, P, YCbCr, ... : PIL's convert("RGB") (upstream's conversion, exact for these);
+    * 16-bit grayscale (I;16*): v -> round(255 v / 65535) (PIL's own conversion clips at 255);
+    * CMYK with an embedded ICC profile: through that profile to sRGB (PIL's conversion ignores
+      it); without one, PIL's conversion;
+    * alpha (RGBA, LA, P/PA with transparency): dropped, as upstream's convert("RGB") does (the
+      first image of each such mode is logged);
+    * 32-bit integer / float (I, F): refused: their values have no defined display range.
+    """
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in _REFUSED:
+        raise ImageReadError(f"{path}: {_REFUSED[mode]} image (PIL mode {mode}): its values have no defined "
+                             "display range; convert it to an 8- or 16-bit PNG or a JPEG")
+    if mode in _SIXTEEN_BIT:
+        v = np.asarray(img, dtype=np.uint16).astype(np.uint32)
+        return Image.fromarray(((v * 255 + 32767) // 65535).astype(np.uint8), "L").convert("RGB")
+    if mode == "CMYK" and img.info.get("icc_profile"):
+        import io as _io
+
+        from PIL import ImageCms
+
+        try:
+            source = ImageCms.ImageCmsProfile(_io.BytesIO(img.info["icc_profile"]))
+            return ImageCms.profileToProfile(img, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        except (ImageCms.PyCMSError, OSError, ValueError) as e:
+            raise ImageReadError(f"{path}: CMYK image with an unusable ICC profile: {e}") from e
+    if mode == "P" and "transparency" in img.info:
+        img, mode = img.convert("RGBA"), "P with transparency"
+    if mode in _ALPHA or mode == "P with transparency":
+        if mode not in _warned_modes:
+            _warned_modes.add(mode)
+            log.warning("%s: image mode %s: its alpha channel is dropped (upstream's convert('RGB')); "
+                        "further images of this mode are not logged", path, mode)
+    try:
+        return img.convert("RGB")
+    except ValueError as e:  # a mode PIL cannot convert (e.g. LAB)
+        raise ImageReadError(f"{path}: cannot convert PIL mode {img.mode} to RGB: {e}") from e
+
 
 def preprocess_pil(img: Image.Image, size: int, transform: str) -> Image.Image:
     """Square `size` x `size` RGB image by the named transform (see the module docstring)."""
     import torchvision.transforms.functional as TF
     from torchvision.transforms import InterpolationMode
 
-    img = img.convert("RGB")
+    img = to_rgb(img)
     if transform == GT:
         img = TF.resize(img, size, interpolation=InterpolationMode.BICUBIC)
         return TF.center_crop(img, size)
@@ -247,7 +302,9 @@ def load_image(path: str | os.PathLike, size: int, transform: str) -> torch.Tens
     try:
         with Image.open(path) as img:
             img.load()  # force decoding here, so a truncated file fails now with its name
-            img = img.convert("RGB")
+            img = to_rgb(img, path)
+    except ImageReadError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"cannot decode image {path}: {e}") from e
     out = preprocess_pil(img, size, transform)

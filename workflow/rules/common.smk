@@ -4,14 +4,15 @@ import hashlib
 import json
 from pathlib import Path
 
-from snakemake.utils import validate
+from ranke.config import ConfigError, codebook_size, method_train, missing_assets, validate_config
 
-from ranke.config import codebook_size, cross_key_problems, method_train, missing_assets
-
-validate(config, schema="../schemas/config.schema.yaml")
-_problems = cross_key_problems(config)
-if _problems:
-    raise WorkflowError("invalid configuration:\n  " + "\n  ".join(_problems))
+# The one validation path (ranke.config.validate_config, also what tests and `python -m ranke
+# check-assets` use): the schema, its defaults filled in, then every constraint between keys, each
+# message naming its keys, before any job starts.
+try:
+    validate_config(config)
+except ConfigError as e:
+    raise WorkflowError(str(e)) from None
 
 # A real study must have every asset before any job starts (the demo makes its own).
 _missing = missing_assets(config)
