@@ -7,6 +7,7 @@ Every stage module exposes `main(argv) -> int`; this file only dispatches, so th
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 # command -> module whose main(argv) implements it (kept in pipeline order)
@@ -44,4 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown command '{name}'\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    try:
+        return int(module.main(rest) or 0)
+    except Exception as e:  # noqa: BLE001 - every failure: traceback to the log, then one line
+        # The traceback goes to stderr (the rule's log) through logging; the last line of the log,
+        # what `snakemake --show-failed-logs` and a user's `tail` see first, names what failed and
+        # where (stage messages name their file or config key).
+        logging.getLogger("ranke").error("%s failed", name, exc_info=True)
+        print(f"ranke {name}: error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return 1

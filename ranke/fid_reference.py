@@ -96,8 +96,8 @@ def select_images(root, split: str, n: int, seed: int | None) -> list[str]:
 
 def compute_reference(cfg: dict, device=None, *, batch_size: int | None = None, workers: int | None = None) -> dict:
     """Extract features of the reference images -> {"mu", "sigma", "meta"} (not saved)."""
-    from ranke.data.coco import EVAL, CocoImages
-    from ranke.metrics.fid import extract_features, fid_statistics, load_fid_extractor
+    from ranke.data.coco import EVAL, BadImages, CocoImages
+    from ranke.metrics.fid import fid_statistics, load_fid_extractor
 
     device = resolve_device(device or cfg.get("device", "auto"))
     meta = expected_metadata(cfg)
@@ -115,17 +115,26 @@ def compute_reference(cfg: dict, device=None, *, batch_size: int | None = None, 
              meta["key"], len(files), meta["resolution"], extractor.name, extractor.protocol, batch_size, workers)
 
     # Decoding + LANCZOS resizing run in DataLoader worker processes, batched, overlapped with features.
-    dataset = CocoImages(meta["dataset_root"], files, meta["resolution"], EVAL)
+    dataset = CocoImages(meta["dataset_root"], files, meta["resolution"], EVAL, errors=True)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                                          pin_memory=device.type == "cuda", shuffle=False)
+    bad = BadImages(cfg.get("bad_images", "fail"), f"fid-reference {meta['split']}")
     t0 = time.perf_counter()
-    batches = (images for _, images in tqdm(loader, desc="fid-reference", unit="batch", mininterval=10))
-    feats = extract_features(extractor, batches)
+    feats = []
+    with torch.inference_mode():
+        for idx, images, errors in tqdm(loader, desc="fid-reference", unit="batch", mininterval=10):
+            good = torch.tensor([not bad.check(e, dataset.root / files[i]) for i, e in zip(idx.tolist(), errors)],
+                                dtype=torch.bool)
+            if good.any():
+                feats.append(extractor.features(images[good]))
+    bad.finish(len(files), need=2)
+    feats = torch.cat(feats)
     stats = fid_statistics(feats)
     log.info("reference features %s in %.1f s", tuple(feats.shape), time.perf_counter() - t0)
-    meta = {**meta, "n_images": len(files), "feature_layer": extractor.layer, "feature_dim": int(feats.shape[1]),
-            "resample": "lanczos", "crop": "center", "preprocessing": extractor.preprocessing,
-            "torch_fidelity": _tf_version()}
+    meta = {**meta, "n_images": int(feats.shape[0]), "feature_layer": extractor.layer,
+            "feature_dim": int(feats.shape[1]), "resample": "lanczos", "crop": "center",
+            "preprocessing": extractor.preprocessing, "torch_fidelity": _tf_version(),
+            "skipped_images": bad.skipped}
     return {"mu": stats["mu"], "sigma": stats["sigma"], "meta": meta}
 
 

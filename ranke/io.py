@@ -8,8 +8,10 @@ Every file a stage hands to a later stage goes through this module, so that
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -161,8 +163,66 @@ class SchemaError(ValueError):
     """A Parquet file does not have the columns/types its reader expects."""
 
 
+class CorruptFileError(OSError):
+    """A file between stages cannot be read although its header is intact (the message names it)."""
+
+
 # ----------------------------------------------------------------------------------------------
 # Atomic writes
+
+
+_HOST = os.uname().nodename.split(".")[0]
+log = logging.getLogger("ranke.io")
+
+
+def _temp_prefix(kind: str, name: str, pid: int | None = None) -> str:
+    """`.tmp-<name>.<pid>@<host>.`: a temporary says who writes it, so that a later writer can tell
+    one left by a killed process (SIGKILL runs no cleanup) from one still being written."""
+    return f".{kind}-{name}.{os.getpid() if pid is None else pid}@{_HOST}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def sweep_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries of `path` (files or half-written directories, `.tmp-` and `.old-`)
+    whose writer, a process on this host, has ended. A temporary of another host (a shared file
+    system) or of a live process is left alone. Returns what was removed."""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for kind in ("tmp", "old"):
+        head = f".{kind}-{path.name}."
+        for sibling in path.parent.glob(f"{glob.escape(head)}*"):
+            owner = sibling.name[len(head):].split(".", 1)[0]  # "<pid>@<host>"
+            pid, _, host = owner.partition("@")
+            if not pid.isdigit() or host != _HOST or _pid_alive(int(pid)):
+                continue
+            size = _size(sibling)
+            if sibling.is_dir() and not sibling.is_symlink():
+                shutil.rmtree(sibling, ignore_errors=True)
+            else:
+                sibling.unlink(missing_ok=True)
+            log.info("removed %s (%.1f MB), left behind by process %s, which has ended", sibling, size / 2**20, pid)
+            removed.append(sibling)
+    return removed
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 @contextlib.contextmanager
@@ -170,14 +230,17 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
     """Yield a temporary sibling of `path`; on success rename it onto `path`.
 
     On an exception the temporary is removed and `path` is left untouched (an older version,
-    if any, survives). The temporary lives in the same directory so the rename is atomic.
+    if any, survives). The temporary lives in the same directory so the rename is atomic. A
+    killed writer cannot clean up: the next writer of `path` removes what dead writers on this
+    host left (sweep_stale_temporaries); at paper scale that is a checkpoint-sized directory.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temporaries(path)
     if is_dir:
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix("tmp", path.name), dir=path.parent))
     else:
-        fd, name = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=_temp_prefix("tmp", path.name), dir=path.parent)
         os.close(fd)
         tmp = Path(name)
     # mkstemp/mkdtemp create owner-only files; outputs are ordinary shared files (umask applies)
@@ -186,7 +249,7 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
         yield tmp
         if is_dir and path.exists():
             # os.replace cannot replace a non-empty directory: move the old one aside first.
-            old = path.with_name(f".old-{path.name}-{os.getpid()}")
+            old = path.with_name(_temp_prefix("old", path.name) + "x")
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
@@ -264,7 +327,11 @@ def read_parquet(path: str | os.PathLike, kind: str) -> pd.DataFrame:
             problems.append(f"unexpected column '{name}'")
     if problems:
         raise SchemaError(f"{path} does not match the '{kind}' schema: " + "; ".join(problems))
-    return pq.read_table(path, schema=expected).to_pandas()
+    try:
+        return pq.read_table(path, schema=expected).to_pandas()
+    except Exception as e:  # damaged data pages behind an intact footer: pyarrow names no file
+        raise CorruptFileError(f"{path}: the '{kind}' file is damaged ({type(e).__name__}: {e}); delete it and "
+                               "rerun: Snakemake then remakes it with the stage that writes it") from e
 
 
 # ----------------------------------------------------------------------------------------------

@@ -120,11 +120,26 @@ def load_decoder(cfg: dict, checkpoint: str | Path, device: torch.device):
     return decoder, which, path
 
 
+def check_codes(codes: np.ndarray, prompt_ids, codebook_size: int, source) -> None:
+    """Every code within [0, codebook_size), or a ValueError naming the file and the first prompt
+    whose codes are not (checked before any model loads)."""
+    bad = (codes < 0) | (codes >= codebook_size)
+    if bad.any():
+        row = int(np.flatnonzero(bad.any(axis=1))[0])
+        value = int(codes[row][bad[row]][0])
+        raise ValueError(f"{source}: prompt_id {int(np.asarray(prompt_ids)[row])} has code {value}, outside the "
+                         f"codebook [0, {codebook_size}) of this study's VQ ({int(bad.any(axis=1).sum())} samples "
+                         "affected): were these samples made with another tokenizer?")
+
+
 def _read_inputs(samples_path, prompts_path) -> pd.DataFrame:
     samples = io.read_parquet(samples_path, "samples")
     prompts = io.read_parquet(prompts_path, "prompts")
     if len(samples) == 0:
         raise ValueError(f"{samples_path}: no samples")
+    lengths = samples["codes"].map(len)
+    if lengths.nunique() != 1:
+        raise ValueError(f"{samples_path}: code maps of different lengths {sorted(lengths.unique())[:5]}")
     df = samples.merge(prompts[["prompt_id", "caption"]], on="prompt_id", how="left", validate="many_to_one")
     if df["caption"].isna().any():
         missing = df.loc[df["caption"].isna(), "prompt_id"].iloc[0]
@@ -176,7 +191,11 @@ def score(cfg: dict, method: str, round_idx: int, samples_path, checkpoint, prom
         png_dir = Path(out_path).parent / "images"
 
     # Inputs first (cheap, and fail before any model loads).
+    from ranke.config import codebook_size as configured_codebook_size
+
     df = _read_inputs(samples_path, prompts_path)
+    codes_all = np.stack(df["codes"].to_numpy()).astype(np.int64)
+    check_codes(codes_all, df["prompt_id"], configured_codebook_size(cfg), samples_path)
     code_hist = io.read_parquet(code_hist_path, "code_hist")
     reference = load_reference(fid_ref_path, expected_metadata(cfg))
     if reference["meta"]["resolution"] != int(cfg["image_size"]):
@@ -200,7 +219,6 @@ def score(cfg: dict, method: str, round_idx: int, samples_path, checkpoint, prom
     reward_model = build_reward(cfg["assets"]["reward"], device)
 
     n = len(df)
-    codes_all = np.stack(df["codes"].to_numpy()).astype(np.int64)
     codebook_size = decoder.codebook_size
     log.info("scoring %s round %d: %d samples (%d prompts), decoder %s (%s), batch %d, device %s, autocast %s",
              method, round_idx, n, df["prompt_id"].nunique(), which, vq_path, batch_size, device, dtype)

@@ -5,7 +5,7 @@ bicubic, + CenterCrop, the upstream RankE training transform), then is VQ-encode
 rounds load the paired image x of these codes through the very same transform. One row per image carries its captions
 and its code map, so later stages (demo GPT training, rounds) never touch the VQ encoder again.
 
-A missing or corrupt image fails the stage naming its path, unless `tokenize.skip_bad_images`
+A missing or corrupt image fails the stage naming its path, unless config `bad_images: skip`
 is set: then it is left out and counted in the log (never silently dropped).
 
 `histogram` only counts codes: torch is imported by the `split` path alone.
@@ -30,24 +30,6 @@ log = logging.getLogger("ranke.tokenize")
 
 
 
-class _SafeImages:
-    """Like coco.CocoImages (a map-style dataset), but returns the error instead of raising, so the caller decides."""
-
-    def __init__(self, root: Path, files: list[str], size: int):
-        self.root, self.files, self.size = root, files, size
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int):
-        try:
-            return i, coco.load_image(self.root / self.files[i], self.size, coco.GT), ""
-        except coco.ImageReadError as e:
-            import torch
-
-            return i, torch.zeros(3, self.size, self.size, dtype=torch.uint8), str(e)
-
-
 def tokenize_split(cfg: dict, split: str, out_path: str | Path, num_workers: int | None = None) -> pd.DataFrame:
     """Tokenize one split of `cfg["assets"]["coco_root"]`; write and return the tokens table.
 
@@ -62,7 +44,7 @@ def tokenize_split(cfg: dict, split: str, out_path: str | Path, num_workers: int
     size = int(cfg["image_size"])
     device = resolve_device(cfg.get("device", "auto"))
     batch_size = int(tok_cfg.get("batch_size", 64))
-    skip_bad = bool(tok_cfg.get("skip_bad_images", False))
+    bad = coco.BadImages(cfg.get("bad_images", "fail"), f"tokenize {split}")
     if num_workers is None:
         num_workers = int(tok_cfg.get("workers", 2))
 
@@ -78,34 +60,25 @@ def tokenize_split(cfg: dict, split: str, out_path: str | Path, num_workers: int
     )
 
     loader = torch.utils.data.DataLoader(
-        _SafeImages(root, table["file"].tolist(), size),
+        coco.CocoImages(root, table["file"].tolist(), size, coco.GT, errors=True),
         batch_size=batch_size,
         num_workers=num_workers,
         shuffle=False,
     )
     codes: list[np.ndarray | None] = [None] * len(table)
-    bad: list[str] = []
     t0 = time.time()
     with torch.inference_mode():
         for idx, images, errors in tqdm(loader, desc=f"tokenize {split}", mininterval=10):
-            for e in errors:
-                if e:
-                    if not skip_bad:
-                        raise coco.ImageReadError(
-                            f"{e} (set tokenize.skip_bad_images: true to skip bad images)"
-                        )
-                    log.warning("skipping bad image: %s", e)
-                    bad.append(e)
-            good = torch.tensor([not e for e in errors], dtype=torch.bool)
+            good = torch.tensor([not bad.check(e, root / table["file"].iloc[i]) for i, e in zip(idx.tolist(), errors)],
+                                dtype=torch.bool)
             if not good.any():
                 continue
             batch = coco.to_float(images[good]).to(device)
             out = backbone.tokenize(vq, batch).cpu().numpy().astype(np.int32)
             for i, c in zip(idx[good].tolist(), out):
                 codes[i] = c
+    bad.finish(len(table))
     keep = [c is not None for c in codes]
-    if bad:
-        log.warning("skipped %d of %d images of %s (unreadable)", len(bad), len(table), split)
     table = table[keep].reset_index(drop=True)
     grid_h, grid_w = backbone.grid
     table["codes"] = [c for c in codes if c is not None]

@@ -73,6 +73,18 @@ def test_read_split_joins_and_strips(tmp_path):
     assert per.loc[per.image_id == 7, "caption_ids"].item() == [11, 12]
 
 
+def test_empty_captions_and_uncaptioned_images_are_named_by_id(tmp_path, caplog):
+    doc = _doc()
+    doc["images"].append({"id": 9, "file_name": "COCO_val2014_000000000009.jpg", "width": 4, "height": 4})
+    doc["annotations"].append({"id": 13, "image_id": 3, "caption": "   "})
+    _write_ann(tmp_path, doc)
+    with caplog.at_level("WARNING", logger="ranke.data.coco"):
+        split = coco.read_split(tmp_path, "val")
+    assert 13 not in set(split.captions["caption_id"])
+    assert "dropping 1 empty captions (caption ids [13])" in caplog.text
+    assert "1 images have no caption and are not tokenized or prompted (image ids [9])" in caplog.text
+
+
 def test_read_demo_split(demo_root):
     split = coco.read_split(demo_root, "train")
     assert len(split.images) == 8 and len(split.captions) == 24

@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
+
+from ranke.data.coco import ImageReadError
 import torch_fidelity
 import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
 from PIL import Image
@@ -244,6 +246,24 @@ def test_reference_cli(tmp_path):
     out = tmp_path / "ref.pt"
     assert fr.main(["--config-json", json.dumps(cfg), "--out", str(out)]) == 0
     assert fr.load_reference(out, fr.expected_metadata(cfg))["meta"]["n_images"] == 4
+
+
+def test_reference_follows_the_one_bad_image_policy(tmp_path):
+    """The same `bad_images` policy as tokenize: fail names the file; skip leaves it out, logs it
+    and records it (tokenize used to skip a bad val image that the FID reference then failed on)."""
+    root = _coco(tmp_path / "coco", n=5)
+    victim = root / "val2014" / "COCO_val2014_000000000002.png"
+    victim.write_bytes(b"not a png")
+    cfg = _ref_cfg(root)
+    with pytest.raises(ImageReadError, match=victim.name):
+        fr.compute_reference(cfg, "cpu", workers=0)
+    ref = fr.compute_reference(dict(cfg, bad_images="skip"), "cpu", workers=0)
+    assert ref["meta"]["n_images"] == 4 and ref["meta"]["skipped_images"] == [str(victim)]
+    from ranke.data.coco import EVAL, load_image
+
+    ex = fid.load_fid_extractor(cfg["assets"]["fid"], "cpu")
+    good = torch.stack([load_image(root / "val2014" / f"COCO_val2014_{i:012d}.png", 16, EVAL) for i in (0, 1, 3, 4)])
+    assert fid.frechet_distance(fid.fid_statistics(ex.features(good)), ref) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_matches_torch_fidelity_calculate_metrics():

@@ -63,6 +63,20 @@ def test_read_names_file_on_schema_mismatch(tmp_path):
         io.read_parquet(tmp_path / "bad.parquet", "metrics")
 
 
+def test_damaged_data_pages_name_the_file(tmp_path):
+    """An intact footer (the schema reads) over damaged pages: pyarrow's own error names no file."""
+    path = tmp_path / "samples.parquet"
+    rng = np.random.default_rng(0)
+    io.write_parquet(pd.DataFrame({"method": "m", "round": np.int32(1), "prompt_id": np.arange(500),
+                                   "seed": np.arange(500), "codes": [rng.integers(0, 16384, 256, dtype=np.int32)
+                                                                     for _ in range(500)]}), path, "samples")
+    data = bytearray(path.read_bytes())
+    data[64:len(data) // 2] = rng.integers(0, 256, len(data) // 2 - 64, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    with pytest.raises(io.CorruptFileError, match=r"samples\.parquet: the 'samples' file is damaged .*delete it"):
+        io.read_parquet(path, "samples")
+
+
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.txt"
     io.write_text("old", target)
@@ -72,6 +86,31 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
             raise RuntimeError("killed")
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_stale_temporaries_of_dead_writers_are_swept(tmp_path):
+    """SIGKILL runs no cleanup: the next writer of the same output removes what a dead process of
+    this host left (a file, or a half-written directory), and leaves a live writer's alone."""
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that has ended
+    target = tmp_path / "tokens.parquet"
+    stale_file = tmp_path / (io._temp_prefix("tmp", target.name, dead.pid) + "abc")
+    stale_file.write_bytes(b"half")
+    stale_dir = tmp_path / (io._temp_prefix("tmp", target.name, dead.pid) + "dir")
+    (stale_dir / "sub").mkdir(parents=True)
+    (stale_dir / "sub" / "policy.pt").write_bytes(b"x" * 1000)
+    live = tmp_path / (io._temp_prefix("tmp", target.name) + "live")  # this process: still writing
+    live.write_bytes(b"busy")
+    other_host = tmp_path / f".tmp-{target.name}.{dead.pid}@some-other-node.xyz"
+    other_host.write_bytes(b"?")
+    unrelated = tmp_path / (io._temp_prefix("tmp", "prompts.parquet", dead.pid) + "q")
+    unrelated.write_bytes(b"?")
+    io.write_text("done", target)
+    assert target.read_text() == "done"
+    assert not stale_file.exists() and not stale_dir.exists()
+    assert live.exists() and other_host.exists() and unrelated.exists()
 
 
 def test_atomic_directory_replaces_whole(tmp_path):

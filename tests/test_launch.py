@@ -521,3 +521,45 @@ def test_an_unreadable_job_record_is_ignored(tmp_path, monkeypatch, caplog):
     (tmp_path / "work" / launch.JOB_RECORD).write_text('{"executor": "local", "job_')
     submit_round(**kwargs)
     assert len(subs.calls) == 1 and "ignoring the unreadable job record" in caplog.text
+
+
+def test_a_killed_round_job_is_reported_with_its_signal_cause_and_resume_point(world, tmp_path, monkeypatch):
+    """The OOM killer or a kill -9 ends the job without a result: the driver names the signal, the
+    likely cause and the checkpoint a rerun resumes from (it used to say 'has not produced any
+    output (state: FINISHED)' about 15 s later)."""
+    root, cfg = world
+    cfg = copy.deepcopy(cfg)
+    cfg["rounds"]["steps"] = 200  # long enough to be killed after its first resume checkpoint
+    cfg["train"]["checkpoint_every"] = 1
+    cfg["cluster"] = {"executor": "local", "folder": str(tmp_path / "submitit"), "slurm": {"timeout_min": 5}}
+    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    work = tmp_path / "work"
+    job = submit_round(cfg, method="ranke", round_idx=1, init_dir=None, tokens=str(root / "tokens_train.parquet"),
+                       work_dir=str(work), out_dir=str(tmp_path / "ckpt"), log_path=str(tmp_path / "log.parquet"),
+                       wait=False)
+    try:
+        wait_for(lambda: (work / "resume.json").exists(), 180, "the first resume checkpoint")
+        os.kill(int(job.job_id), signal.SIGKILL)
+        t0 = time.monotonic()
+        with pytest.raises(launch.RoundJobDied) as e:
+            launch._finish(job, "local", work)
+        assert time.monotonic() - t0 < 5  # noticed at once, not at the next 10 s state check
+    finally:
+        if job._process.poll() is None:
+            job._process.kill()
+    message = str(e.value)
+    assert f"round job {job.job_id} was killed by SIGKILL" in message
+    assert "out-of-memory killer" in message
+    assert f"resumes from {work / 'resume.pt'} (global step" in message and "steps of this round done" in message
+
+
+def test_how_a_slurm_job_ended_names_the_state_and_cause(tmp_path, monkeypatch):
+    fake_commands(monkeypatch, tmp_path / "bin", {
+        "srun": "exit 1\n",
+        "sacct": 'echo "OUT_OF_MEMORY|0:125"\n',
+    })
+    job = submitit.SlurmJob(folder=tmp_path / "%j", job_id="4242")
+    text = launch.how_it_ended(job)
+    assert text.startswith("ended OUT_OF_MEMORY (exit 0:125); likely: out of memory: raise cluster.slurm.mem_gb")
+    assert launch.resume_point(tmp_path / "nowork").startswith("no resume checkpoint in")

@@ -203,6 +203,26 @@ def test_score_cli_and_errors(tmp_path):
         run({**cfg, "image_size": 8})
     assert not (tmp_path / "x.parquet").exists()
 
+    # codes outside the codebook: named with the file and the prompt, before any model loads
+    samples = io.read_parquet(paths["samples_path"], "samples")
+    samples.at[3, "codes"] = np.where(np.arange(len(samples.at[3, "codes"])) == 5, 9999,
+                                      samples.at[3, "codes"]).astype(np.int32)
+    bad = tmp_path / "bad_samples.parquet"
+    io.write_parquet(samples, bad, "samples")
+    import ranke.score
+
+    def no_models(*a, **k):
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(ranke.score, "load_decoder", no_models)
+    try:
+        with pytest.raises(ValueError, match=rf"bad_samples\.parquet: prompt_id {int(samples.at[3, 'prompt_id'])} "
+                                             r"has code 9999, outside the codebook"):
+            run(cfg, samples_path=bad)
+    finally:
+        mp.undo()
+
 
 def test_score_janus_backbone_base_and_round_decoder(tmp_path):
     from ranke.models.janus import write_tiny_janus

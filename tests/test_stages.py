@@ -53,9 +53,15 @@ def test_tokenize_bad_image_named_or_skipped(world, tmp_path):
     with pytest.raises(coco.ImageReadError, match=victim.name):
         tokenize_split(cfg, "val", tmp_path / "t.parquet", num_workers=0)
     assert not (tmp_path / "t.parquet").exists()
-    cfg["tokenize"]["skip_bad_images"] = True
+    cfg["bad_images"] = "skip"
     table = tokenize_split(cfg, "val", tmp_path / "t.parquet", num_workers=0)
     assert len(table) == 9
+    # every image bad: one line saying that none is left (it used to crash inside pyarrow)
+    for f in (root / "val2014").iterdir():
+        f.write_bytes(b"not an image either")
+    with pytest.raises(ValueError, match=r"tokenize val: 0 readable image\(s\) of 10 left after skipping 10"):
+        tokenize_split(cfg, "val", tmp_path / "t2.parquet", num_workers=0)
+    assert not (tmp_path / "t2.parquet").exists()
 
 
 def test_code_histogram_halves(world, tmp_path):
@@ -68,6 +74,27 @@ def test_code_histogram_halves(world, tmp_path):
     assert hist["count_a"].sum() == sum(len(c) for c in table["codes"][0::2])
     with pytest.raises(ValueError, match="outside"):
         code_histogram(tokens, 4, tmp_path / "bad.parquet")
+
+
+def test_a_failing_stage_ends_with_one_line_naming_what_and_where(world, tmp_path):
+    """The last line of a failed stage's log (what --show-failed-logs and `tail` show first) names
+    the file; the traceback stays above it."""
+    import subprocess
+    import sys
+
+    tokens = tmp_path / "val.parquet"
+    tokenize_split(world, "val", tokens, num_workers=0)
+    data = bytearray(tokens.read_bytes())
+    data[16:len(data) // 2] = bytes(len(data) // 2 - 16)  # damaged pages, intact footer
+    tokens.write_bytes(bytes(data))
+    out = subprocess.run([sys.executable, "-m", "ranke", "tokenize", "histogram", "--tokens", str(tokens),
+                          "--codebook-size", "16", "--out", str(tmp_path / "hist.parquet")],
+                         capture_output=True, text=True, timeout=120)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert lines[-1].startswith("ranke tokenize: error: CorruptFileError: ") and str(tokens) in lines[-1], lines[-3:]
+    assert "Traceback (most recent call last)" in out.stderr
+    assert not (tmp_path / "hist.parquet").exists()
 
 
 def test_prompts_protocol(world, tmp_path):

@@ -195,13 +195,16 @@ def read_split(root: str | os.PathLike, split: str) -> CocoSplit:
     })
     empty = captions["caption"] == ""
     if empty.any():
-        log.warning("%s: dropping %d empty captions", path, int(empty.sum()))
+        ids = captions.loc[empty, "caption_id"].tolist()
+        log.warning("%s: dropping %d empty captions (caption ids %s%s)", path, len(ids), ids[:20],
+                    " ..." if len(ids) > 20 else "")
         captions = captions[~empty]
     captions = captions.merge(images[["image_id", "file"]], on="image_id", how="left", validate="many_to_one")
     captions = captions.sort_values("caption_id", ignore_index=True)
-    n_uncaptioned = int((~images["image_id"].isin(captions["image_id"])).sum())
-    if n_uncaptioned:
-        log.warning("%s: %d images have no caption", path, n_uncaptioned)
+    uncaptioned = images.loc[~images["image_id"].isin(captions["image_id"]), "image_id"].tolist()
+    if uncaptioned:
+        log.warning("%s: %d images have no caption and are not tokenized or prompted (image ids %s%s)", path,
+                    len(uncaptioned), uncaptioned[:20], " ..." if len(uncaptioned) > 20 else "")
     log.info("%s: %d images, %d captions", path, len(images), len(captions))
     return CocoSplit(images=images, captions=captions)
 
@@ -325,18 +328,66 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 class CocoImages:
-    """Images of a split as uint8 tensors, a map-style dataset for a DataLoader: item i -> (i, (3, size, size) uint8)."""
+    """Images of a split as uint8 tensors, a map-style dataset for a DataLoader.
 
-    def __init__(self, root: str | os.PathLike, files: Sequence[str], size: int, transform: str):
+    item i -> (i, (3, size, size) uint8), or with `errors=True` (i, image, message): an image that
+    cannot be read comes back as zeros with its ImageReadError's message, so that the caller's
+    BadImages policy decides (a DataLoader worker cannot)."""
+
+    def __init__(self, root: str | os.PathLike, files: Sequence[str], size: int, transform: str, *,
+                 errors: bool = False):
         self.root = Path(root)
         self.files = list(files)
-        self.size, self.transform = size, transform
+        self.size, self.transform, self.errors = size, transform, errors
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
-        return i, load_image(self.root / self.files[i], self.size, self.transform)
+    def __getitem__(self, i: int):
+        if not self.errors:
+            return i, load_image(self.root / self.files[i], self.size, self.transform)
+        try:
+            return i, load_image(self.root / self.files[i], self.size, self.transform), ""
+        except ImageReadError as e:
+            import torch
+
+            return i, torch.zeros(3, self.size, self.size, dtype=torch.uint8), str(e)
+
+
+BAD_IMAGE_POLICIES = ("fail", "skip")
+
+
+class BadImages:
+    """The one policy for images that cannot be read (config `bad_images`), shared by every stage
+    that reads a split's images (tokenize, the FID reference): `fail` stops at the first one,
+    naming it; `skip` leaves it out, logs it, and says at the end how many were skipped and which.
+    """
+
+    def __init__(self, policy: str, where: str):
+        if policy not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"bad_images must be one of {BAD_IMAGE_POLICIES}, got {policy!r}")
+        self.policy, self.where = policy, where
+        self.skipped: list[str] = []  # the files left out
+
+    def check(self, error: str, file: str | os.PathLike) -> bool:
+        """True if `file` is bad (`error` is its read error; skip it); raises under `fail`."""
+        if not error:
+            return False
+        if self.policy == "fail":
+            raise ImageReadError(f"{error} (config bad_images: skip leaves unreadable images out)")
+        log.warning("%s: skipping bad image: %s", self.where, error)
+        self.skipped.append(str(file))
+        return True
+
+    def finish(self, total: int, *, need: int = 1) -> None:
+        """Log the count of skipped images; raise if fewer than `need` were left."""
+        if self.skipped:
+            log.warning("%s: skipped %d of %d images (config bad_images: skip): %s%s", self.where,
+                        len(self.skipped), total, ", ".join(self.skipped[:20]),
+                        " ..." if len(self.skipped) > 20 else "")
+        if total - len(self.skipped) < need:
+            raise ValueError(f"{self.where}: {total - len(self.skipped)} readable image(s) of {total} left after "
+                             f"skipping {len(self.skipped)} bad ones; need at least {need}")
 
 
 def load_images(root: str | os.PathLike, files: Sequence[str], size: int, transform: str) -> torch.Tensor:

@@ -163,7 +163,7 @@ def submit_round(cfg: dict, *, method: str, round_idx: int, init_dir: str | None
                    f"{previous.record.get('submitted_at')}, logs in {previous.record['folder']})")
             print(msg, flush=True)
             log.info(msg)
-            return _finish(previous.job, previous.record["executor"]) if wait else previous.job
+            return _finish(previous.job, previous.record["executor"], work_dir) if wait else previous.job
         why = f"previous round job {prev_id} is {previous.state}"
         if previous.outcome == "success" and previous.record.get("inputs") == inputs and _outputs_exist(
                 out_dir, log_path):
@@ -191,15 +191,21 @@ def submit_round(cfg: dict, *, method: str, round_idx: int, init_dir: str | None
     log.info(msg)
     if not wait:
         return job
-    return _finish(job, kind)
+    return _finish(job, kind, work_dir)
 
 
-def _finish(job, kind: str):
-    """Wait for the job (scheduler state included, see _wait) and read its result; raise if it failed."""
+def _finish(job, kind: str, work_dir=None):
+    """Wait for the job (scheduler state included, see _wait) and read its result; raise if it failed.
+
+    A job that ended without a result (killed by a signal, out of memory, cancelled, timed out, its
+    node lost) raises RoundJobDied naming how it ended, the likely cause and the checkpoint a
+    rerun resumes from."""
     t0 = time.time()
     try:
         if kind != "debug":  # a debug job runs inside results()
             _wait(job)
+            if not _has_results(job):
+                raise RoundJobDied(f"round job {job.job_id} {how_it_ended(job)}; {resume_point(work_dir)}")
         job.results()  # every task's result: a multi-task job (one task per rank) has no single result()
     except Exception:
         log.error("round job %s failed after %.0fs", job.job_id, time.time() - t0)
@@ -208,6 +214,90 @@ def _finish(job, kind: str):
     log.info("round job %s finished in %.0fs (job log: %s)", job.job_id, time.time() - t0,
              getattr(getattr(job, "paths", None), "stderr", "-"))
     return job
+
+
+class RoundJobDied(RuntimeError):
+    """The round job ended without a result; the message says how, why probably, and what next."""
+
+
+# signal -> the likely cause, for a local job killed without a result
+_SIGNAL_CAUSES = {
+    "SIGKILL": "the kernel's out-of-memory killer (see `dmesg`), or a kill -9",
+    "SIGTERM": "a kill, a logout or a shutdown",
+    "SIGINT": "Ctrl-C",
+    "SIGSEGV": "a crash in native code (a library or driver bug)",
+    "SIGBUS": "a crash in native code or a full /dev/shm",
+    "SIGABRT": "an abort in native code (a failed assertion in a library)",
+}
+# sacct state -> the likely cause and what to change
+_SLURM_CAUSES = {
+    "OUT_OF_MEMORY": "out of memory: raise cluster.slurm.mem_gb (or lower train.rollout.batch_size)",
+    "CANCELLED": "cancelled (scancel, the administrator, or a dependency)",
+    "TIMEOUT": "its time limit (cluster.slurm.timeout_min), after cluster.slurm.max_num_timeout requeues",
+    "NODE_FAIL": "its node failed",
+    "PREEMPTED": "preempted by a job of higher priority",
+    "BOOT_FAIL": "its node failed to boot",
+    "DEADLINE": "its deadline passed",
+    "FAILED": "a non-zero exit of the job script (the job log's last lines say why)",
+}
+
+
+def how_it_ended(job) -> str:
+    """"was killed by SIGKILL ...; likely: ..." / "ended OUT_OF_MEMORY (exit 0:9); likely: ..."."""
+    if isinstance(job, submitit.SlurmJob):
+        state, exit_code = _sacct_state_and_exit(job)
+        cause = _SLURM_CAUSES.get(state)
+        text = f"ended {state}" + (f" (exit {exit_code})" if exit_code else "")
+        sig = exit_code.split(":")[1] if exit_code and ":" in exit_code else "0"
+        if not cause and sig not in ("", "0"):
+            name = _signal_name(int(sig))
+            cause = _SIGNAL_CAUSES.get(name, f"signal {name}")
+        return text + (f"; likely: {cause}" if cause else "") + " without writing its result"
+    process = getattr(job, "_process", None)
+    code = process.poll() if process is not None else None
+    if code is None:
+        return f"is gone (process {job.job_id}, not a child of this driver: its exit status is unknown) without " \
+               "writing its result"
+    if code < 0:
+        name = _signal_name(-code)
+        return f"was killed by {name} without writing its result; likely: {_SIGNAL_CAUSES.get(name, 'a signal')}"
+    return f"exited with code {code} without writing its result (the job log's last lines say why)"
+
+
+def _signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _sacct_state_and_exit(job) -> tuple[str, str]:
+    try:
+        out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State,ExitCode", "-j", str(job.job_id)],
+                             capture_output=True, text=True, timeout=60)
+        rows = [line.split("|") for line in out.stdout.splitlines() if line.strip()]
+        if rows:
+            return rows[-1][0].split()[0].upper(), rows[-1][1]
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return slurm_state(job), ""
+
+
+def resume_point(work_dir) -> str:
+    """What a rerun of the same command resumes from (work_dir/resume.json, written with resume.pt)."""
+    if work_dir is None:
+        return "rerun the same command to resume"
+    info_path = Path(work_dir) / "resume.json"
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError):
+        return (f"no resume checkpoint in {work_dir}: rerunning the same command starts the round again from "
+                "its first step")
+    return (f"rerunning the same command resumes from {Path(work_dir) / 'resume.pt'} (global step "
+            f"{info.get('global_step')}, {info.get('steps_done')} of {info.get('steps')} steps of this round done, "
+            f"written {info.get('written_at')})")
 
 
 def _outputs_exist(out_dir, log_path) -> bool:
@@ -429,9 +519,12 @@ def _wait(job, state_every_s: float = 10.0) -> None:
     """
     local = isinstance(job, submitit.LocalJob)
     poll = RESULT_POLL_S["local" if local else "slurm"]
+    process = getattr(job, "_process", None) if local else None
     last = time.monotonic()
     while not _has_results(job):
         time.sleep(poll)
+        if process is not None and process.poll() is not None and not _has_results(job):
+            return  # our child ended without a result: no need to wait for the next state check
         if time.monotonic() - last >= state_every_s:
             alive, state = job_alive(job)
             if not alive:
@@ -439,7 +532,6 @@ def _wait(job, state_every_s: float = 10.0) -> None:
                     log.warning("round job %s is %s and wrote no result", job.job_id, state)
                 return
             last = time.monotonic()
-    process = getattr(job, "_process", None) if local else None
     if process is not None:  # the result is written just before the job's process exits
         try:
             process.wait(timeout=60)

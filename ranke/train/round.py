@@ -82,6 +82,7 @@ from ranke.train.rollout import TrainData, generate_rollouts, rollout_seeds, sco
 log = logging.getLogger("ranke.train.round")
 
 RESUME_FILE = "resume.pt"
+RESUME_INFO = "resume.json"  # the step of resume.pt, readable without torch (ranke.train.launch)
 DECODER_SYNCS = ("local", "global")
 LASC_CODEBOOKS = ("normalized", "raw")
 LOG_COLUMNS = SCHEMAS["train_log"].names
@@ -487,6 +488,9 @@ class RoundRunner:
         self.dist.barrier()
         if self.dist.main:
             save_torch(self.resume_payload(), self.work_dir / RESUME_FILE)
+            # what the round's driver, which never imports torch, says a rerun resumes from
+            write_json({"global_step": step, "steps_done": self.state.round_steps, "steps": self.n_steps,
+                        "written_at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}, self.work_dir / RESUME_INFO)
             log.info("checkpoint: %s (global step %d)", self.work_dir / RESUME_FILE, step)
         self.dist.barrier()
         if self.local_decoders and not self.dist.main:
@@ -752,6 +756,7 @@ def _run_rank(cfg, method, round_idx, init_dir, tokens_path, work_dir, out_dir, 
     runner.remove_shards()
     if d.main:
         (Path(work_dir) / RESUME_FILE).unlink(missing_ok=True)
+        (Path(work_dir) / RESUME_INFO).unlink(missing_ok=True)
         log.info("round done: %s (global step %d)", out_dir, runner.state.step)
 
 

@@ -106,7 +106,7 @@ def replicate_config(*sections):
 
 def fid_reference_config():
     """Only what the reference statistics depend on (not the rest of `score`)."""
-    cfg = json.loads(stage_config())
+    cfg = json.loads(stage_config("bad_images"))
     cfg["score"] = {
         "batch_size": config["score"]["batch_size"],
         "fid_protocol": config["score"]["fid_protocol"],
