@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-assets": ("ranke.config", "validate a config and list missing asset files"),
     "standins": ("ranke.standins", "write a study's assets offline in their real formats + a config overlay"),
     "install-profile": ("ranke.profile", "install the SLURM profile for `snakemake --profile slurm`"),
+    "unlock": ("ranke.unlock", "remove a killed snakemake's stale lock, if no snakemake still works there"),
 }
 
 

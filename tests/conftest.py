@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -77,9 +78,9 @@ def tiny_open_clip_reward(tmp_path: Path) -> dict:
 
 # ----------------------------------------------------------------------------------------------
 # One local run of the tiny demo DAG per test session, shared by tests/test_pipeline.py (what
-# users rely on: restart, no-op rerun, single-stage rerun) and tests/test_slurm.py (the reference
-# a SLURM run must equal). It is interrupted once after the tokens exist and restarted, so the
-# run itself proves that an interrupted study continues where it stopped.
+# users rely on: no-op rerun, single-stage rerun, added replicates) and tests/test_slurm.py (the
+# reference a SLURM run must equal); tests/test_pipeline.py also kills a second run at several
+# moments and checks that the reruns end with the same results.
 
 TINY_CONFIG = REPO / "tests" / "configs" / "tiny.yaml"
 
@@ -96,54 +97,18 @@ def snakemake_env() -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_local_study(tmp_path_factory):
-    import signal
+    """The tiny demo study run once, locally and uninterrupted: the reference that the SLURM run
+    (tests/test_slurm.py) and the killed-and-rerun run (tests/test_pipeline.py) must equal."""
     import subprocess
     import time
 
     work = tmp_path_factory.mktemp("tiny_study")
-    cmd = snakemake_cmd(work, "--cores", "2", "--configfile", str(TINY_CONFIG))
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=snakemake_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    tokens = work / "resources" / "demo" / "tokens" / "train.parquet"  # the demo world's tokens
-
-    def base_policy_trained() -> bool:
-        # Snakemake's own record, not the file: a job killed after writing its output but before
-        # Snakemake registered it is rightly treated as incomplete and its output removed.
-        logs = sorted((work / ".snakemake" / "log").glob("*.snakemake.log"))
-        return bool(logs) and "(Rule: demo_gpt)" in logs[-1].read_text(errors="ignore")
-
-    killed = False
-    try:
-        while not base_policy_trained() and proc.poll() is None and time.monotonic() - t0 < 900:
-            time.sleep(0.5)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            # Snakemake 9 deadlocks when the signal lands while it selects jobs: its handler
-            # (JobScheduler.exit_gracefully) takes the scheduler's lock, which the interrupted job
-            # selection holds (seen once in CI, with the ILP solver running). A user would kill it
-            # too; the restart then has to unlock the directory and redo what was incomplete.
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=60)
-            killed = True
-    interrupted = tokens.exists()
-    tokens_mtime = tokens.stat().st_mtime if interrupted else None
-    if killed:
-        subprocess.run([*cmd, "--unlock"], cwd=REPO, env=snakemake_env(), capture_output=True, timeout=300)
-        cmd = [*cmd, "--rerun-incomplete"]
-    out = subprocess.run(cmd, cwd=REPO, env=snakemake_env(), capture_output=True, text=True, timeout=1500)
+    out = subprocess.run(snakemake_cmd(work, "--cores", "2", "--configfile", str(TINY_CONFIG)), cwd=REPO,
+                         env=snakemake_env(), capture_output=True, text=True, timeout=1500)
     if out.returncode != 0:
         pytest.fail(f"tiny demo study failed:\n{out.stdout[-4000:]}\n{out.stderr[-8000:]}")
-    return {
-        "dir": work,
-        "interrupted": interrupted,
-        "tokens_mtime_before_restart": tokens_mtime,
-        "seconds": time.monotonic() - t0,
-    }
+    return {"dir": work, "seconds": time.monotonic() - t0}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -168,3 +133,71 @@ def standin_sets(tmp_path_factory):
         return written[name]
 
     return get
+
+
+# ----------------------------------------------------------------------------------------------
+# Two runs of a study compared file by file (the SLURM run and the killed-and-rerun run against
+# the uninterrupted local one)
+
+# What measures time, not results: train_log columns, metrics rows (e.g. wall_time_s), details keys.
+# Everything else must be equal exactly (measured: it is, CPU, 2 cores, torch 2.14.1).
+TIMING_COLUMNS = {"train_log": {"step_time_s"}}
+TIMING_WORDS = ("time", "timing", "seconds", "elapsed", "duration")
+
+
+def read_result(path: Path):
+    """(kind, DataFrame) of a results Parquet file, timing columns dropped, details made comparable."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    kind = meta.get(b"ranke.kind", b"").decode() or path.stem
+    df = pd.read_parquet(path)
+    df = df.drop(columns=[c for c in TIMING_COLUMNS.get(kind, ()) if c in df.columns])
+    if kind == "metrics":
+        timing = df["metric"].str.lower().map(lambda name: any(w in name for w in TIMING_WORDS))
+        df = df[~timing].reset_index(drop=True)
+    if "details" in df.columns:
+        def strip_timing(text):
+            try:
+                obj = json.loads(text)
+            except (TypeError, ValueError):
+                return text
+            if isinstance(obj, dict):
+                obj = {k: v for k, v in obj.items() if not any(w in k.lower() for w in TIMING_WORDS)}
+            return json.dumps(obj, sort_keys=True)
+        df["details"] = df["details"].map(strip_timing)
+    return kind, df
+
+
+def compare_results(local: Path, cluster: Path) -> list[str]:
+    """Differences between two runs' result Parquet files (empty = identical in content)."""
+    import numpy as np
+
+    problems = []
+    local_files = sorted(p.relative_to(local) for p in (local / "results").rglob("*.parquet"))
+    cluster_files = sorted(p.relative_to(cluster) for p in (cluster / "results").rglob("*.parquet"))
+    if local_files != cluster_files:
+        problems.append(f"different files: local only {sorted(set(local_files) - set(cluster_files))}, "
+                        f"cluster only {sorted(set(cluster_files) - set(local_files))}")
+    for rel in local_files:
+        if not (cluster / rel).exists():
+            continue
+        kind, a = read_result(local / rel)
+        _, b = read_result(cluster / rel)
+        if list(a.columns) != list(b.columns) or len(a) != len(b):
+            problems.append(f"{rel}: shape/columns differ: {a.shape} {list(a.columns)} vs {b.shape} {list(b.columns)}")
+            continue
+        for col in a.columns:
+            x, y = a[col].to_numpy(), b[col].to_numpy()
+            if x.dtype.kind == "f":
+                same = np.array_equal(x, y, equal_nan=True)
+                if not same:
+                    diff = np.nanmax(np.abs(x.astype(float) - y.astype(float)))
+                    problems.append(f"{rel}: column {col} differs (max |diff| {diff:.3g})")
+            elif x.dtype == object and len(x) and isinstance(x[0], np.ndarray):  # list columns (codes)
+                if not all(np.array_equal(u, v) for u, v in zip(x, y)):
+                    problems.append(f"{rel}: column {col} differs")
+            elif not (x == y).all():
+                problems.append(f"{rel}: column {col} differs")
+    return problems

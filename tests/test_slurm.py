@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import slurm_harness
+from conftest import compare_results
 from slurm_harness import REPO, VENV_BIN, run_bounded, slurm_cluster, slurm_env  # noqa: F401  (fixture)
 
 SNAKEMAKE = str(VENV_BIN / "snakemake")
@@ -246,12 +247,6 @@ SUBMITTED_ROUND = re.compile(r"submitted round job (\d+) \((\w+)")
 FAILING_RULE = "fid_reference"
 FAULT_OVERLAY = {"score": {"fid_reference": {"n": 1}}}
 FAULT_MESSAGE = "need >= 2 reference images"
-# What measures time, not results: train_log columns, metrics rows (e.g. wall_time_s), details keys.
-# Everything else must be equal exactly (measured: it is, CPU, 2 cores, torch 2.14.1).
-TIMING_COLUMNS = {"train_log": {"step_time_s"}}
-TIMING_WORDS = ("time", "timing", "seconds", "elapsed", "duration")
-
-
 def _copy_workflow(dst: Path) -> None:
     import shutil
 
@@ -416,64 +411,6 @@ class RoundCanceller:
             self._stop.wait(0.02)
 
 
-def _read_result(path: Path):
-    """(kind, DataFrame) of a results Parquet file, timing columns dropped, details made comparable."""
-    import pandas as pd
-    import pyarrow.parquet as pq
-
-    meta = pq.read_schema(path).metadata or {}
-    kind = meta.get(b"ranke.kind", b"").decode() or path.stem
-    df = pd.read_parquet(path)
-    df = df.drop(columns=[c for c in TIMING_COLUMNS.get(kind, ()) if c in df.columns])
-    if kind == "metrics":
-        timing = df["metric"].str.lower().map(lambda name: any(w in name for w in TIMING_WORDS))
-        df = df[~timing].reset_index(drop=True)
-    if "details" in df.columns:
-        def strip_timing(text):
-            try:
-                obj = json.loads(text)
-            except (TypeError, ValueError):
-                return text
-            if isinstance(obj, dict):
-                obj = {k: v for k, v in obj.items() if not any(w in k.lower() for w in TIMING_WORDS)}
-            return json.dumps(obj, sort_keys=True)
-        df["details"] = df["details"].map(strip_timing)
-    return kind, df
-
-
-def _compare_results(local: Path, cluster: Path) -> list[str]:
-    """Differences between the two runs' Parquet files (empty = identical in content)."""
-    import numpy as np
-
-    problems = []
-    local_files = sorted(p.relative_to(local) for p in (local / "results").rglob("*.parquet"))
-    cluster_files = sorted(p.relative_to(cluster) for p in (cluster / "results").rglob("*.parquet"))
-    if local_files != cluster_files:
-        problems.append(f"different files: local only {sorted(set(local_files) - set(cluster_files))}, "
-                        f"cluster only {sorted(set(cluster_files) - set(local_files))}")
-    for rel in local_files:
-        if not (cluster / rel).exists():
-            continue
-        kind, a = _read_result(local / rel)
-        _, b = _read_result(cluster / rel)
-        if list(a.columns) != list(b.columns) or len(a) != len(b):
-            problems.append(f"{rel}: shape/columns differ: {a.shape} {list(a.columns)} vs {b.shape} {list(b.columns)}")
-            continue
-        for col in a.columns:
-            x, y = a[col].to_numpy(), b[col].to_numpy()
-            if x.dtype.kind == "f":
-                same = np.array_equal(x, y, equal_nan=True)
-                if not same:
-                    diff = np.nanmax(np.abs(x.astype(float) - y.astype(float)))
-                    problems.append(f"{rel}: column {col} differs (max |diff| {diff:.3g})")
-            elif x.dtype == object and len(x) and isinstance(x[0], np.ndarray):  # list columns (codes)
-                if not all(np.array_equal(u, v) for u, v in zip(x, y)):
-                    problems.append(f"{rel}: column {col} differs")
-            elif not (x == y).all():
-                problems.append(f"{rel}: column {col} differs")
-    return problems
-
-
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_pipeline_on_slurm_matches_local_and_recovers(slurm_cluster, tiny_local_study, tmp_path):
@@ -494,7 +431,7 @@ def test_pipeline_on_slurm_matches_local_and_recovers(slurm_cluster, tiny_local_
     _cluster_runs(slurm_cluster, cluster, config, env, tmp_path, timings)
 
     # ---- identical in content to the local run
-    problems = _compare_results(local, cluster)
+    problems = compare_results(local, cluster)
     assert not problems, "SLURM results differ from the local run:\n  " + "\n  ".join(problems)
 
     # ---- run C: the round driver is killed while its job runs; the rerun reattaches
