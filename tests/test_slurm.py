@@ -275,6 +275,26 @@ def _local_rules(workdir: Path) -> set[str]:
     return names
 
 
+def _without_shown_logs(output: str) -> list[str]:
+    """Snakemake's own lines, without the failed jobs' logs it prints (`show-failed-logs`, set by
+    the workflow profile).
+
+    A failed SLURM job's log holds the inner Snakemake run of that job, whose "localrule NAME:" and
+    "rule NAME:" lines are not jobs of this run. Snakemake prints a log as "Logfile PATH:", a line
+    of '=', the log's lines, and the same line of '=' (snakemake/logging.py, show_logs).
+    """
+    lines, kept, open_rules = output.splitlines(), [], []
+    for i, line in enumerate(lines):
+        rule = line.strip() and set(line) == {"="}
+        if rule and i > 0 and re.match(r"^Logfile .*:$", lines[i - 1]):
+            open_rules.append(line)
+        elif rule and open_rules and line == open_rules[-1]:
+            open_rules.pop()
+        elif not open_rules and not re.match(r"^Logfile .*:$", line):
+            kept.append(line)
+    return kept
+
+
 def _jobs(output: str) -> list[dict]:
     """Every job snakemake started: rule, local?, wildcards, job group, snakemake job id, SLURM job id.
 
@@ -285,7 +305,7 @@ def _jobs(output: str) -> list[dict]:
     (and checked against the group and rule names in the SLURM log path).
     """
     jobs, current, listed = {}, None, []
-    for line in output.splitlines():
+    for line in _without_shown_logs(output):
         m = re.search(r"Group job (\w+) \(jobs in lexicogr\. order\):$", line)
         if m:
             listed.append({"name": m.group(1), "members": []})
