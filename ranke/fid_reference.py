@@ -1,6 +1,6 @@
 """Reference FID statistics of the real images, computed once per (dataset, subset, resolution, extractor, protocol).
 
-`python -m ranke fid-reference --config-json '<json>' --out resources/fid/<key>.pt`
+`python -m ranke fid-reference --config FILE.json --out resources/fid/<key>.pt`
 
 Real images: the COCO-layout split of config score.fid_reference (default: the val split; real
 studies: COCO val2014), each centre-cropped to its shorter side and LANCZOS-resized to the
@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from ranke.config import configured_fid_protocol, reference_key_from_config, reference_settings
 from ranke.io import save_torch, sha256_file
-from ranke.runtime import log_environment, parse_config_json, resolve_device, set_threads, setup_logging
+from ranke.runtime import log_environment, add_config_arguments, config_from_args, resolve_device, set_threads, setup_logging
 
 log = logging.getLogger("ranke.fid_reference")
 
@@ -178,8 +178,7 @@ def ensure_reference(cfg: dict, out: str | os.PathLike, device=None, *, force: b
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ranke fid-reference", description=__doc__.splitlines()[0])
-    p.add_argument("--config-json", required=True,
-                   help="config subset: device, image_size, assets {coco_root, fid, clip}, score {batch_size, fid_reference}")
+    add_config_arguments(p, "config subset: device, image_size, assets {coco_root, fid, clip}, bad_images, score {batch_size, fid_protocol, fid_reference}")
     p.add_argument("--out", required=True, help="output .pt (name = reference_cache_key(...) + '.pt')")
     p.add_argument("--force", action="store_true", help="recompute even if a matching file exists")
     p.add_argument("--log", default=None, help="also log to this file")
@@ -187,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.log)
     set_threads(args.threads)
-    cfg = parse_config_json(args.config_json)
+    cfg = config_from_args(args)
     log_environment({"stage": "fid-reference", "key": reference_key_from_config(cfg)})
     ensure_reference(cfg, args.out, force=args.force)
     return 0

@@ -22,7 +22,8 @@ from ranke.runtime import (
     autocast,
     autocast_dtype,
     log_environment,
-    parse_config_json,
+    add_config_arguments,
+    config_from_args,
     resolve_device,
     set_threads,
     setup_logging,
@@ -95,7 +96,7 @@ def generate_samples(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ranke sample", description=__doc__)
-    ap.add_argument("--config-json", required=True)
+    add_config_arguments(ap, "config subset: the runtime keys and sampling")
     ap.add_argument("--method", required=True)
     ap.add_argument("--round", type=int, required=True)
     ap.add_argument("--checkpoint", required=True, help="round checkpoint dir, or 'base'")
@@ -106,6 +107,6 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     set_threads(args.threads)
     log_environment()
-    cfg = parse_config_json(args.config_json)
+    cfg = config_from_args(args)
     generate_samples(cfg, args.method, args.round, args.checkpoint, args.prompts, args.out)
     return 0

@@ -27,7 +27,7 @@ import pandas as pd
 
 from ranke import io
 from ranke.data import coco
-from ranke.runtime import parse_config_json, setup_logging
+from ranke.runtime import add_config_arguments, config_from_args, setup_logging
 
 log = logging.getLogger("ranke.prompts")
 
@@ -96,9 +96,9 @@ def make_prompts(cfg: dict, out_path: str | Path) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ranke prompts", description=__doc__.splitlines()[0])
-    ap.add_argument("--config-json", required=True)
+    add_config_arguments(ap, "config with the prompts section")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     setup_logging()
-    make_prompts(parse_config_json(args.config_json), args.out)
+    make_prompts(config_from_args(args), args.out)
     return 0

@@ -260,3 +260,24 @@ def parse_config_json(text: str) -> dict:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise SystemExit(f"--config-json is not valid JSON: {e}") from e
+
+
+def add_config_arguments(parser, what: str = "the stage's config sections") -> None:
+    """A stage's config: a JSON file (what the workflow passes: .ranke/stage-config/<stage>-<hash>.json,
+    written by workflow/rules/common.smk) or the same JSON inline (scripts and tests)."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--config", metavar="FILE", help=f"{what}, as a JSON file")
+    group.add_argument("--config-json", metavar="JSON", help=f"{what}, as inline JSON")
+
+
+def config_from_args(args) -> dict:
+    if args.config_json is not None:
+        return parse_config_json(args.config_json)
+    try:
+        text = Path(args.config).read_text()
+    except OSError as e:
+        raise SystemExit(f"--config {args.config}: cannot read it ({e.strerror})") from e
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--config {args.config} is not valid JSON: {e}") from e

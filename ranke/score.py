@@ -1,6 +1,6 @@
 """Stage `score`: decode one (method, round)'s sample codes and measure them -> metrics.parquet.
 
-`python -m ranke score --config-json '<json>' --method M --round R --samples P --checkpoint DIR|base
+`python -m ranke score --config FILE.json --method M --round R --samples P --checkpoint DIR|base
  --prompts P --code-hist P --fid-ref P --out P [--png-dir D]`
 
 One pass over the samples in batches: codes -> that round's decoder (online or EMA weights,
@@ -40,7 +40,8 @@ from ranke.runtime import (
     autocast,
     autocast_dtype,
     log_environment,
-    parse_config_json,
+    add_config_arguments,
+    config_from_args,
     resolve_device,
     set_threads,
     setup_logging,
@@ -365,8 +366,7 @@ def score(cfg: dict, method: str, round_idx: int, samples_path, checkpoint, prom
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ranke score", description=__doc__.splitlines()[0])
-    p.add_argument("--config-json", required=True,
-                   help="config subset: device, precision, backbone, image_size, assets, sampling, rounds, score")
+    add_config_arguments(p, "config subset: device, precision, backbone, image_size, assets, sampling, rounds, score, prompts")
     p.add_argument("--method", required=True)
     p.add_argument("--replicate", type=int, default=0, help="the replicate's seed (config `replicates`)")
     p.add_argument("--round", type=int, required=True)
@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.log)
     set_threads(args.threads)
-    cfg = parse_config_json(args.config_json)
+    cfg = config_from_args(args)
     log_environment({"stage": "score", "method": args.method, "replicate": args.replicate, "round": args.round})
     score(cfg, args.method, args.round, args.samples, args.checkpoint, args.prompts, args.code_hist,
           args.fid_ref, args.out, png_dir=args.png_dir, grid_path=args.grid, replicate=args.replicate,

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ranke import io
 from ranke.data import coco
-from ranke.runtime import log_environment, parse_config_json, resolve_device, setup_logging
+from ranke.runtime import log_environment, add_config_arguments, config_from_args, resolve_device, setup_logging
 
 log = logging.getLogger("ranke.tokenize")
 
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ranke tokenize", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("split", help="tokenize one COCO split")
-    s.add_argument("--config-json", required=True)
+    add_config_arguments(s, "the tokenize config (bad_images, tokenize, and the runtime keys)")
     s.add_argument("--split", required=True, choices=coco.SPLITS)
     s.add_argument("--out", required=True)
     s.add_argument("--workers", type=int, default=None, help="image-decoding processes (default: config tokenize.workers)")
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     if args.cmd == "split":
         log_environment()
-        tokenize_split(parse_config_json(args.config_json), args.split, args.out, args.workers)
+        tokenize_split(config_from_args(args), args.split, args.out, args.workers)
     else:
         code_histogram(args.tokens, args.codebook_size, args.out)
     return 0

@@ -8,6 +8,7 @@ hyper-parameter reruns exactly that round's downstream, and an interrupted run c
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -222,6 +223,9 @@ def test_tiny_demo_study_end_to_end(tiny_local_study):
     plan = planned_rules(snakemake("-n", "--cores", "2", "--configfile", str(TINY), str(lr), workdir=work))
     assert plan.get("train_round") == 3, plan
     assert set(plan) <= {"train_round", "sample", "score", "report", "all"}, plan
+    # through the rounds' stage-config files, named by their content (the new name is the trigger)
+    lrs = {json.loads(p.read_text())["train"]["policy"]["lr"] for p in (work / ".ranke/stage-config").glob("round-*")}
+    assert 3.0e-4 in lrs and len(lrs) == 2, lrs
 
     # 5. one stage alone (last: it rewrites the report, which the SLURM test does not compare)
     ran = planned_rules(snakemake("--cores", "2", *cfg, "--forcerun", "report", "--until", "report", workdir=work))

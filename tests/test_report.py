@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -268,8 +270,9 @@ def test_footnote_states_protocol_intervals_and_provenance(study):
                  "mean over 3 replicates (seeds 0, 1, 2", "95% Student-t interval", "paired within each replicate",
                  f"B = {RESAMPLES} resamples", "Study synthetic; config abc123; code ranke"):
         assert fact in md, fact
-    assert "FID features: demo CLIP image tower" in tex
-    assert "\\toprule" in tex and "\\bottomrule" in tex and "\\textbf{" in tex and "$\\pm$" in tex
+    note = (study["out"] / "main_table.note.tex").read_text()
+    assert "FID features: demo CLIP image tower" in note and "FID features" not in tex  # the note has its own file
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "\\bfseries" in tex and "$\\pm$" in tex
     assert tex.count("\\midrule") == 2  # under the header, and above the delta row
     protocol = json.loads((study["out"] / "protocol.json").read_text())
     assert protocol["study"] == "synthetic" and protocol["config_hash"] == "abc123"
@@ -341,7 +344,7 @@ def test_footnote_from_score_stage_details(tmp_path):
     for noise in ("decoder_path", "sha256", "timing", "differs", "half A", "sampling_seed", "sample_set", "v1"):
         assert noise not in note
     # the FID column names its feature space
-    assert t.headers["md"]["fid"] == "FID ↓ (demo CLIP features)"
+    assert tables.header_text(t.headers["fid"]) == "FID ↓ (demo CLIP features)"
 
 
 def test_rounds_table_is_the_mean_over_replicates(study):
@@ -357,10 +360,11 @@ def test_rounds_table_is_the_mean_over_replicates(study):
     text = (study["out"] / "rounds_table.md").read_text()
     header = [line for line in text.splitlines() if line.startswith("|")][0]
     # bookkeeping (sample count, scoring time, constant real-data columns) stays in the CSV
-    for hidden in ("samples", "score time", "real code entropy", "real floor"):
+    for hidden in ("samples", "score time", "real entropy", "real floor"):
         assert hidden not in header
     tex = (study["out"] / "rounds_table.tex").read_text()
-    assert tex.count(r"\\") == 1 + len(csv)  # header + one line per row
+    rows = [line for line in tex.splitlines() if line.endswith(r"\\")]
+    assert len(rows) == 2 + len(csv)  # two header lines (name, unit) + one line per row
 
 
 # ----------------------------------------------------------------------------------------------
@@ -554,6 +558,19 @@ def test_duplicate_metric_rows_are_an_error(tmp_path):
 
 def test_latex_escape():
     assert tables.latex_escape("ranke_block 50% & #1") == r"ranke\_block 50\% \& \#1"
+    # what OT1 fonts print as other glyphs: | an em dash, '' a closing quote, -- an en dash, < >
+    assert tables.latex_escape("KL(generated || real)") == r"KL(generated \textbar{}\textbar{} real)"
+    assert tables.latex_escape("prefix ''") == r"prefix \textquotesingle{}\textquotesingle{}"
+    assert tables.latex_escape("--x a-b <1>") == r"-{}-x a-b \textless{}1\textgreater{}"
+    assert tables.latex_escape("Δ RankE − RL, τ ≥ 1") == r"$\Delta$ RankE $-$ RL, $\tau$ $\geq$ 1"
+    # a number's interval (and any second line) stacked below it, one size smaller
+    assert tables.latex_cell("+0.57 [-1.10, 2.20] *", True) == (
+        r"\begin{tabular}[t]{@{}r@{}}+0.57$^{*}$\\\scriptsize [$-$1.10, 2.20]\end{tabular}")
+    assert tables.latex_cell("-0.0185 ± 0.0010", True) == (
+        r"\begin{tabular}[t]{@{}r@{}}$-$0.0185\\\scriptsize $\pm$ 0.0010\end{tabular}")
+    assert tables.latex_cell("ranke_k8\ndecoder.rank_k=8", False) == (
+        r"\begin{tabular}[t]{@{}l@{}}ranke\_k8\\\scriptsize decoder.rank\_k=8\end{tabular}")
+    assert tables.latex_cell("–", True) == "--" and tables.latex_cell("12", True) == "12"
 
 
 def test_html_tables(study):
@@ -587,3 +604,49 @@ def test_report_captions_render(config):
     if config == "shipped":
         text = jinja2.Environment().from_string((root / "workflow/report/samples.rst").read_text())
         assert f"first {cfg['report']['grid_prompts']}" in text.render(snakemake=snakemake)
+
+
+# ----------------------------------------------------------------------------------------------
+# The LaTeX files in a paper: they compile, print what they say and fit the page
+
+# Text widths: a NeurIPS / ICLR page (one column) and a two-column page (ICML, CVPR: table*)
+ONE_COLUMN_PAGE_PT, TWO_COLUMN_PAGE_PT = 397.0, 487.0
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed")
+def test_latex_tables_compile_in_a_paper_and_fit_its_page(tmp_path):
+    extra = {"ranke_uniform": {"mode": "ranke", "train": {"decoder": {"rank_k": 8, "rank_weighting": "uniform"}}},
+             "ranke_round": {"mode": "ranke", "schedule": "round"}}
+    methods, metrics, boots, logs, _ = make_study(tmp_path, extra_methods=extra, grids=False)
+    out = tmp_path / "report"
+    build.report(metrics, boots, logs, [], {"methods": [dict(e, name=n) for n, e in methods.items()],
+                                            "report": {}}, out)
+    names = ("main_table", "ablation_table", "rounds_table")
+    # the usual ways to use them: as they are, scaled to a column, the note in the caption
+    body = [r"\newsavebox\tb"]
+    for name in names:
+        body += [rf"\sbox\tb{{\input{{{name}.tex}}}}\typeout{{WIDTH {name} \the\wd\tb}}",
+                 r"\begin{table}[h]\centering",
+                 rf"\resizebox{{\columnwidth}}{{!}}{{\input{{{name}.tex}}}}",
+                 rf"\caption{{Results. \protect\input{{{name}.note.tex}}}}\end{{table}}"]
+    # what plain pdflatex (OT1 fonts) prints as other glyphs, through the escaping the notes use
+    tricky = "code-KL: KL(generated || real), prefix '', a <b> --c"
+    body.append(tables.latex_escape(tricky))
+    (out / "paper.tex").write_text("\n".join([
+        r"\documentclass[10pt]{article}", r"\usepackage{booktabs}", r"\usepackage{graphicx}",
+        r"\begin{document}", *body, r"\end{document}", ""]))
+    run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], cwd=out,
+                         capture_output=True, text=True, timeout=120)
+    log = (out / "paper.log").read_text(errors="replace")
+    assert run.returncode == 0, log[-3000:]
+    assert "Overfull \\hbox" not in log.split("WIDTH main_table")[0]
+    widths = {m.group(1): float(m.group(2)) for m in re.finditer(r"WIDTH (\w+) ([\d.]+)pt", log)}
+    assert widths["main_table"] <= ONE_COLUMN_PAGE_PT, widths
+    assert widths["ablation_table"] <= ONE_COLUMN_PAGE_PT, widths
+    assert widths["rounds_table"] <= TWO_COLUMN_PAGE_PT, widths
+    # what the text says is what prints: no OT1 look-alikes (| as an em dash, '' as a quote)
+    if shutil.which("pdftotext"):
+        subprocess.run(["pdftotext", "paper.pdf"], cwd=out, check=True, timeout=60)
+        text = (out / "paper.txt").read_text()
+        assert tricky in text.replace("\n", " ").replace("’", "'"), text[-500:]
+        assert "—" not in text and "¡" not in text

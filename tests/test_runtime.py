@@ -220,3 +220,23 @@ def test_driver_version_falls_back_to_nvidia_smi(tmp_path, monkeypatch):
     assert nvidia_driver_version() == "550.54.15"
     monkeypatch.setenv("PATH", "/nonexistent")  # neither NVML nor nvidia-smi
     assert nvidia_driver_version() is None
+
+
+def test_a_stage_reads_its_config_from_a_file_or_inline_json(tmp_path):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    runtime.add_config_arguments(parser)
+    path = tmp_path / "sample-0123.json"
+    path.write_text('{"sampling": {"seed": 3}}')
+    assert runtime.config_from_args(parser.parse_args(["--config", str(path)])) == {"sampling": {"seed": 3}}
+    assert runtime.config_from_args(parser.parse_args(["--config-json", '{"a": 1}'])) == {"a": 1}
+    with pytest.raises(SystemExit):  # one or the other, not both, not neither
+        parser.parse_args([])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--config", str(path), "--config-json", "{}"])
+    with pytest.raises(SystemExit, match="missing.json: cannot read it"):
+        runtime.config_from_args(parser.parse_args(["--config", str(tmp_path / "missing.json")]))
+    path.write_text("{not json")
+    with pytest.raises(SystemExit, match="is not valid JSON"):
+        runtime.config_from_args(parser.parse_args(["--config", str(path)]))

@@ -1,6 +1,6 @@
 """Stage `python -m ranke demo-quality`: the demo base models' quality bars, on the demo val split.
 
-    python -m ranke demo-quality --config-json '<whole config>' --out results/demo/quality.parquet
+    python -m ranke demo-quality --config FILE.json --out results/demo/quality.parquet
 
 Everything is loaded through the real loaders (LlamaGenBackbone.from_config, load_clip), so this
 stage is also the end-to-end check that the demo assets are in their real counterparts' formats.
@@ -33,7 +33,7 @@ import torch
 
 from ranke import io
 from ranke.data import coco
-from ranke.runtime import log_environment, parse_config_json, resolve_device, set_threads, setup_logging
+from ranke.runtime import log_environment, add_config_arguments, config_from_args, resolve_device, set_threads, setup_logging
 
 log = logging.getLogger("ranke.demo.quality")
 
@@ -167,7 +167,7 @@ def bars_missed(df: pd.DataFrame) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ranke demo-quality", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-json", required=True, help="the whole study config as JSON")
+    add_config_arguments(p, "the demo config: seed, demo, sampling, prompts and the runtime keys")
     p.add_argument("--out", required=True, help="e.g. results/demo/quality.parquet")
     p.add_argument("--tokens", default=None, help="tokens parquet of the val split (else the VQ encodes again)")
     p.add_argument("--n-retrieval", type=int, default=None,
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log", default=None)
     args = p.parse_args(argv)
     setup_logging(args.log)
-    cfg = parse_config_json(args.config_json)
+    cfg = config_from_args(args)
     set_threads(args.threads)
     device = resolve_device(cfg.get("device", "auto"))
     log_environment({"stage": "demo-quality", "device": str(device)})

@@ -9,10 +9,10 @@ that nothing downstream knows it runs on a demo:
         (plain state dict; `open_clip.create_model(name, pretrained=weights.pt)` loads it)
   gpt   LlamaGen t2i GPT (ranke.models.gpt) -> {"model": state_dict, "config": {"kind": "gpt", ...}}
 
-    python -m ranke demo-train vq   --config-json '<whole config>' --coco resources/demo/coco --out resources/demo/models/vq.pt
-    python -m ranke demo-train text --config-json '<whole config>' --coco resources/demo/coco --out resources/demo/models/t5
-    python -m ranke demo-train clip --config-json '<whole config>' --coco resources/demo/coco --out resources/demo/models/clip
-    python -m ranke demo-train gpt  --config-json '<whole config>' --tokens results/tokens/train.parquet \
+    python -m ranke demo-train vq   --config FILE.json --coco resources/demo/coco --out resources/demo/models/vq.pt
+    python -m ranke demo-train text --config FILE.json --coco resources/demo/coco --out resources/demo/models/t5
+    python -m ranke demo-train clip --config FILE.json --coco resources/demo/coco --out resources/demo/models/clip
+    python -m ranke demo-train gpt  --config FILE.json --tokens results/tokens/train.parquet \
                                     --t5 resources/demo/models/t5 --out resources/demo/models/gpt.pt
 
 Config read: seed, image_size, demo.{vq,text,clip,gpt}, assets.vq.arch, assets.gpt.arch,
@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from ranke import io
 from ranke.data import coco
-from ranke.runtime import log_environment, parse_config_json, resolve_device, seed_everything, set_threads, setup_logging
+from ranke.runtime import log_environment, add_config_arguments, config_from_args, resolve_device, seed_everything, set_threads, setup_logging
 
 log = logging.getLogger("ranke.demo.train")
 
@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ranke demo-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", choices=MODELS)
-    p.add_argument("--config-json", required=True, help="the whole study config as JSON")
+    add_config_arguments(p, "the demo config: seed, demo and the runtime keys")
     p.add_argument("--coco", help="demo COCO root (vq, text, clip)")
     p.add_argument("--tokens", help="tokens parquet of the train split (gpt)")
     p.add_argument("--t5", help="text encoder directory (gpt)")
@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log", default=None, help="also log to this file")
     args = p.parse_args(argv)
     setup_logging(args.log)
-    cfg = parse_config_json(args.config_json)
+    cfg = config_from_args(args)
     set_threads(args.threads)
     device = resolve_device(cfg.get("device", "auto"))
     log_environment({"stage": f"demo-train {args.model}", "device": str(device)})

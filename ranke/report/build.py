@@ -1,7 +1,6 @@
 """Stage `report`: every table and figure of the study, from the score and round outputs.
 
-    python -m ranke report --config-json '{"study": "demo", "methods": {...}, "replicates": [0, 1],
-        "report": {...}}' --config-hash H --metrics results/demo/*/seed_*/round_*/metrics.parquet
+    python -m ranke report --config FILE.json (study, methods, replicates, report) --config-hash H --metrics results/demo/*/seed_*/round_*/metrics.parquet
         --bootstrap results/demo/*/seed_*/round_*/bootstrap.parquet
         --train-logs results/demo/*/seed_*/round_*/train_log.parquet
         [--grids results/demo/*/seed_0/round_*/grid.png] [--prompts results/demo/prompts.parquet]
@@ -27,14 +26,14 @@ import pandas as pd
 
 from ranke.io import atomic_path, read_parquet, write_json, write_text
 from ranke.report import plots, stats, tables
-from ranke.runtime import code_version, parse_config_json, setup_logging
+from ranke.runtime import code_version, add_config_arguments, config_from_args, setup_logging
 
 log = logging.getLogger("ranke.report")
 
 OUTPUTS: dict[str, list[str]] = {
-    "main_table": ["main_table.md", "main_table.tex", "main_table.csv", "main_table.html"],
-    "ablation_table": ["ablation_table.md", "ablation_table.tex", "ablation_table.csv", "ablation_table.html"],
-    "rounds_table": ["rounds_table.md", "rounds_table.tex", "rounds_table.csv", "rounds_table.html"],
+    "main_table": ["main_table.md", "main_table.tex", "main_table.note.tex", "main_table.csv", "main_table.html"],
+    "ablation_table": ["ablation_table.md", "ablation_table.tex", "ablation_table.note.tex", "ablation_table.csv", "ablation_table.html"],
+    "rounds_table": ["rounds_table.md", "rounds_table.tex", "rounds_table.note.tex", "rounds_table.csv", "rounds_table.html"],
     "deltas": ["deltas.csv"],
     "replicates": ["replicates.csv"],
     "protocol": ["protocol.json"],
@@ -120,24 +119,30 @@ def report(
 
     def write_table(name: str, table, render: dict) -> None:
         for fname in OUTPUTS[name]:
-            write_text(render[fname.rsplit(".", 1)[1]](table), out_dir / fname)
+            write_text(render[fname[len(name) + 1:]](table), out_dir / fname)  # md, tex, note.tex, ...
         written[name] = [out_dir / n for n in OUTPUTS[name]]
 
     main = tables.main_table(metrics, methods, boot, confidence=confidence, rl_reference=refs["rl_reference"],
                              provenance=provenance)
-    write_table("main_table", main, {"md": tables.main_table_markdown, "tex": tables.main_table_latex,
-                                     "csv": tables.main_table_csv, "html": tables.main_table_html})
+    write_table("main_table", main, {
+        "md": tables.main_table_markdown, "tex": tables.main_table_latex,
+        "note.tex": tables.main_table_latex_note, "csv": tables.main_table_csv, "html": tables.main_table_html,
+    })
     log.info("main table:\n%s", tables.main_table_markdown(main))
 
     ablation = tables.ablation_table(metrics, methods, boot, confidence=confidence,
                                      ablation_reference=refs["ablation_reference"], provenance=provenance)
-    write_table("ablation_table", ablation, {"md": tables.ablation_table_markdown, "tex": tables.ablation_table_latex,
-                                             "csv": tables.ablation_table_csv, "html": tables.ablation_table_html})
+    write_table("ablation_table", ablation, {
+        "md": tables.ablation_table_markdown, "tex": tables.ablation_table_latex,
+        "note.tex": tables.ablation_table_latex_note, "csv": tables.ablation_table_csv, "html": tables.ablation_table_html,
+    })
     log.info("ablation table:\n%s", tables.ablation_table_markdown(ablation))
 
     rounds = tables.rounds_table(metrics, methods, boot, confidence=confidence)
-    write_table("rounds_table", rounds, {"md": tables.rounds_table_markdown, "tex": tables.rounds_table_latex,
-                                         "csv": tables.rounds_table_csv, "html": tables.rounds_table_html})
+    write_table("rounds_table", rounds, {
+        "md": tables.rounds_table_markdown, "tex": tables.rounds_table_latex,
+        "note.tex": tables.rounds_table_latex_note, "csv": tables.rounds_table_csv, "html": tables.rounds_table_html,
+    })
 
     comparisons = tables.comparisons(metrics, methods, **refs)
     deltas = tables.deltas_frame(metrics, boot, comparisons, confidence)
@@ -186,9 +191,7 @@ def report(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ranke report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config-json", required=True,
-                    help='{"study": S, "methods": [{name, mode, schedule?, label?, train?}, ...], "replicates": [...], '
-                         '"report": {"grid_prompts", "confidence", "rl_reference", "ablation_reference"}}')
+    add_config_arguments(ap, "study, methods (the study's list), replicates, report")
     ap.add_argument("--config-hash", default=None, help="hash of the whole study config (stated by the report)")
     ap.add_argument("--metrics", nargs="+", required=True, help="metrics.parquet files (all methods, replicates, rounds)")
     ap.add_argument("--bootstrap", nargs="*", default=[], help="bootstrap.parquet files (within-replicate intervals)")
@@ -201,9 +204,9 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(args.log)
     logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting chatter
-    cfg = parse_config_json(args.config_json)
+    cfg = config_from_args(args)
     if not isinstance(cfg.get("methods", {}), (dict, list)):
-        raise SystemExit("--config-json: 'methods' must be the study's list of methods (or {name: {mode: ...}})")
+        raise SystemExit("config: 'methods' must be the study's list of methods (or {name: {mode: ...}})")
     log.info("report config: %s", json.dumps(cfg, sort_keys=True))
     report(args.metrics, args.bootstrap, args.train_logs, args.grids, cfg, args.out_dir,
            prompts_path=args.prompts, config_hash=args.config_hash)

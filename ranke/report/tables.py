@@ -26,6 +26,7 @@ import html
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,23 +44,23 @@ log = logging.getLogger("ranke.report.tables")
 
 @dataclass(frozen=True)
 class MetricSpec:
-    label: str  # Markdown / CSV-header-free label
-    latex: str
+    label: str  # column header (Unicode; LaTeX escapes it)
+    unit: str = ""  # second header line in LaTeX, "(unit)" after the label elsewhere
     better: str | None = None  # "max" | "min" | None (informational)
     integer: bool = False
 
 
 METRICS: dict[str, MetricSpec] = {
-    "clip_score": MetricSpec("CLIP ↑", r"CLIP $\uparrow$", "max"),
-    "fid": MetricSpec("FID ↓", r"FID $\downarrow$", "min"),
-    "code_kl": MetricSpec("code-KL ↓ (nats)", r"code-KL $\downarrow$ (nats)", "min"),
-    "reward": MetricSpec("reward ↑", r"Reward $\uparrow$", "max"),
-    "code_kl_real_floor": MetricSpec("code-KL real floor (nats)", "code-KL real floor (nats)"),
-    "code_entropy_bits": MetricSpec("code entropy (bits)", "code entropy (bits)"),
-    "code_entropy_bits_real": MetricSpec("real code entropy (bits)", "real code entropy (bits)"),
-    "codebook_usage": MetricSpec("codebook usage", "codebook usage"),
-    "n_samples": MetricSpec("samples", "samples", integer=True),
-    "wall_time_s": MetricSpec("score time (s)", "score time (s)"),
+    "clip_score": MetricSpec("CLIP ↑", "", "max"),
+    "fid": MetricSpec("FID ↓", "", "min"),  # its unit line is the feature space (fid_space)
+    "code_kl": MetricSpec("code-KL ↓", "nats", "min"),
+    "reward": MetricSpec("Reward ↑", "", "max"),
+    "code_kl_real_floor": MetricSpec("code-KL real floor", "nats"),
+    "code_entropy_bits": MetricSpec("entropy", "bits/code"),
+    "code_entropy_bits_real": MetricSpec("real entropy", "bits/code"),
+    "codebook_usage": MetricSpec("usage", "of codebook"),
+    "n_samples": MetricSpec("samples", integer=True),
+    "wall_time_s": MetricSpec("score time", "s"),
 }
 MAIN_METRICS = ["clip_score", "fid", "code_kl", "reward"]
 # metrics with resamples in bootstrap.parquet (ranke.score)
@@ -79,7 +80,7 @@ SIGNIFICANT = "*"  # marks an interval of a difference that excludes 0
 
 
 def metric_spec(name: str) -> MetricSpec:
-    return METRICS.get(name, MetricSpec(name, latex_escape(name)))
+    return METRICS.get(name, MetricSpec(name))
 
 
 def metric_order(names) -> list[str]:
@@ -88,17 +89,25 @@ def metric_order(names) -> list[str]:
     return [m for m in METRICS if m in names] + sorted(names - set(METRICS))
 
 
-def fid_header(metrics: pd.DataFrame, kind: str) -> str:
-    """The FID column header naming its feature space, e.g. "FID ↓ (Inception)", from the score
-    stage's label ("FID (Inception)", "FID (demo CLIP features)")."""
+def fid_space(metrics: pd.DataFrame) -> str:
+    """The FID's feature space, e.g. "Inception" or "demo CLIP features", from the score stage's
+    label ("FID (Inception)"); "" when the rows disagree or say nothing."""
     labels = set()
     for row in metrics[metrics.metric == "fid"].itertuples(index=False):
         label = _details(row).get("label")
         if label and "(" in label:
             labels.add(label[label.index("(") + 1: label.rindex(")")])
-    space = f" ({labels.pop()})" if len(labels) == 1 else ""
-    spec = METRICS["fid"]
-    return (spec.latex if kind == "tex" else _escape(spec.label, kind)) + _escape(space, kind)
+    return labels.pop() if len(labels) == 1 else ""
+
+
+def headers(metrics: pd.DataFrame, shown: list[str]) -> dict[str, tuple[str, str]]:
+    """metric -> (label, unit); FID's unit is its feature space, named wherever FID appears."""
+    return {m: (metric_spec(m).label, fid_space(metrics) if m == "fid" else metric_spec(m).unit) for m in shown}
+
+
+def header_text(header: tuple[str, str]) -> str:
+    label, unit = header
+    return f"{label} ({unit})" if unit else label
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,39 +276,59 @@ def fmt_interval(value: float, lo: float, hi: float, kind: str, decimals: int, *
     return f"{text} [{fmt(lo, decimals)}, {fmt(hi, decimals)}]"
 
 
+# What plain pdflatex (OT1 fonts, no extra packages) would print wrongly or refuse: its specials,
+# the characters OT1 maps to other glyphs (| is an em dash, < and > are ¡ and ¿, '' a closing
+# quote, -- an en dash) and the Unicode our labels use. pandas' own LaTeX escaping (Styler.format
+# escape="latex") covers only the specials, hence this table.
+_LATEX = {
+    "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+    "\\": r"\textbackslash{}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "|": r"\textbar{}", "<": r"\textless{}", ">": r"\textgreater{}", "'": r"\textquotesingle{}",
+    '"': r'\texttt{"}',
+    "↑": r"$\uparrow$", "↓": r"$\downarrow$", "±": r"$\pm$", "×": r"$\times$", "·": r"$\cdot$",
+    "−": r"$-$", "–": "--", "—": "---", "…": r"\ldots{}", "Δ": r"$\Delta$", "τ": r"$\tau$",
+    "λ": r"$\lambda$", "≥": r"$\geq$", "≤": r"$\leq$", "≈": r"$\approx$", "µ": r"$\mu$", "→": r"$\to$",
+}
+
+
 def latex_escape(text: str) -> str:
+    """Text that prints as written under plain pdflatex, whatever the document's font encoding."""
+    text = str(text)
     out = []
-    for ch in str(text):
-        if ch in "&%$#_{}":
-            out.append("\\" + ch)
-        elif ch == "\\":
-            out.append(r"\textbackslash{}")
-        elif ch == "~":
-            out.append(r"\textasciitilde{}")
-        elif ch == "^":
-            out.append(r"\textasciicircum{}")
-        elif ch == "↑":
-            out.append(r"$\uparrow$")
-        elif ch == "↓":
-            out.append(r"$\downarrow$")
-        elif ch == "±":
-            out.append(r"$\pm$")
-        elif ch == "–":
-            out.append("--")
-        elif ch == "−":
-            out.append("$-$")
-        elif ch == "×":
-            out.append(r"$\times$")
-        elif ch == "Δ":
-            out.append(r"$\Delta$")
+    for i, ch in enumerate(text):
+        if ch == "-":  # a lone hyphen stays a hyphen; "--" must not become a dash
+            out.append("-{}" if i + 1 < len(text) and text[i + 1] == "-" else "-")
         else:
-            out.append(ch)
+            out.append(_LATEX.get(ch, ch))
     return "".join(out)
 
 
-def _latex_number(text: str) -> str:
-    # a typographic minus instead of a hyphen
-    return latex_escape(text).replace("-", "$-$") if text != "–" else "--"
+def latex_number(text: str) -> str:
+    """A printed number, interval or difference: a typographic minus, the significance mark raised."""
+    if text == "–":
+        return "--"
+    mark = text.endswith(f" {SIGNIFICANT}")
+    text = text[: -len(SIGNIFICANT) - 1] if mark else text
+    return latex_escape(text).replace("-", "$-$") + (r"$^{*}$" if mark else "")
+
+
+_NUMBER_WITH_INTERVAL = re.compile(r"(\S+)( ± \S+| \[[^\]\n]*\])( \*)?")
+
+
+def latex_cell(text: str, numeric: bool) -> str:
+    """A cell whose second and later lines ("\n") are printed one size smaller under the first; a
+    number with its interval ("12.23 [-6.49, 30.32]", "0.94 ± 0.01", "+0.57 [...] *") is stacked the
+    same way, interval below. Stacking is what keeps the tables within a page's width."""
+    lines = text.split("\n")
+    if numeric and len(lines) == 1 and (m := _NUMBER_WITH_INTERVAL.fullmatch(text)):
+        estimate, interval, mark = m.groups()
+        lines = [estimate + (mark or ""), interval.strip()]
+    escape = latex_number if numeric else latex_escape
+    if len(lines) == 1:
+        return escape(lines[0])
+    col = "r" if numeric else "l"
+    return (rf"\begin{{tabular}}[t]{{@{{}}{col}@{{}}}}" + escape(lines[0])
+            + "".join(r"\\\scriptsize " + escape(line) for line in lines[1:]) + r"\end{tabular}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -547,7 +576,7 @@ class MainTable:
     reference: str | None  # the policy-only method the deltas refer to
     deltas: list[DeltaRow]
     interval_kind: str  # stats.ACROSS | stats.WITHIN | stats.NONE
-    headers: dict[str, dict[str, str]]  # kind -> metric -> header text
+    headers: dict[str, tuple[str, str]]  # metric -> (label, unit or FID feature space)
     footnote: str
 
 
@@ -555,13 +584,6 @@ def _interval_kind(metrics: pd.DataFrame, boot: pd.DataFrame | None) -> str:
     if metrics["replicate"].nunique() >= 2:
         return stats.ACROSS
     return stats.WITHIN if boot is not None and len(boot) else stats.NONE
-
-
-def _headers(metrics: pd.DataFrame, shown: list[str]) -> dict[str, dict[str, str]]:
-    out = {}
-    for kind in ("md", "tex", "html"):
-        out[kind] = {m: fid_header(metrics, kind) if m == "fid" else _header_label(m, kind) for m in shown}
-    return out
 
 
 def _best(rows: pd.DataFrame, shown: list[str], decimals: dict[str, int]) -> dict[str, set[str]]:
@@ -628,7 +650,7 @@ def main_table(metrics: pd.DataFrame, config_methods: dict, boot: pd.DataFrame |
         interval_note(shown_rows, boot, confidence, deltas=bool(deltas)),
         provenance_note(provenance)) if x)
     return MainTable(rows, shown, decimals, best, ref, deltas, _interval_kind(metrics, boot),
-                     _headers(metrics, shown), footnote)
+                     headers(metrics, shown), footnote)
 
 
 def _cell(row: dict, m: str, kind_iv: str, decimals: int) -> str:
@@ -642,22 +664,23 @@ def _delta_cell(iv: stats.Interval | None, decimals: int) -> str:
     return text + (f" {SIGNIFICANT}" if iv.excludes_zero else "")
 
 
-def _main_cells(t: MainTable, kind: str) -> tuple[list[str], list[list[str]]]:
-    header = ["Method", "Decoder"] + [t.headers[kind][m] for m in t.metrics]
-    body = []
+def main_grid(t: MainTable, *, paper: bool = False) -> Grid:
+    grid = Grid(columns=[("Method", ""), ("Decoder", "")] + [t.headers[m] for m in t.metrics],
+                align=_main_align(t), numeric=[False, False] + [True] * len(t.metrics), note=t.footnote)
     for row in t.rows.to_dict("records"):
-        cells = [_escape(row["label"], kind), _escape(row["decoder"] or "–", kind)]
-        for m in t.metrics:
-            text = _number(_cell(row, m, t.interval_kind, t.decimals[m]), kind)
+        cells = [row["label"], row["decoder"] or "–"]
+        for j, m in enumerate(t.metrics):
+            cells.append(_cell(row, m, t.interval_kind, t.decimals[m]))
             if row["method"] in t.best[m]:
-                text = _bold(text, kind)
-            cells.append(text)
-        body.append(cells)
+                grid.bold.add((len(grid.body), 2 + j))
+        grid.body.append(cells)
+    if t.deltas:
+        grid.rule_before = len(grid.body)
     for d in t.deltas:
-        cells = [_escape(d.label, kind), ""]
-        cells += [_number(_delta_cell(d.intervals.get(m), t.decimals[m]), kind) for m in t.metrics]
-        body.append(cells)
-    return header, body
+        # "Δ RankE − Policy-only (std. RL)": the reference one size smaller below (the table's width)
+        label = d.label.replace(" − ", " −\n", 1) if paper else d.label
+        grid.body.append([label, ""] + [_delta_cell(d.intervals.get(m), t.decimals[m]) for m in t.metrics])
+    return grid
 
 
 def _main_align(t: MainTable) -> list[str]:
@@ -665,16 +688,19 @@ def _main_align(t: MainTable) -> list[str]:
 
 
 def main_table_markdown(t: MainTable) -> str:
-    return render(*_main_cells(t, "md"), _main_align(t), t.footnote, "md")
+    return render(main_grid(t), "md")
 
 
 def main_table_latex(t: MainTable) -> str:
-    return render(*_main_cells(t, "tex"), _main_align(t), t.footnote, "tex",
-                  rule_before=len(t.rows) if t.deltas else None)
+    return render(main_grid(t, paper=True), "tex")
+
+
+def main_table_latex_note(t: MainTable) -> str:
+    return latex_note(main_grid(t).note)
 
 
 def main_table_html(t: MainTable) -> str:
-    return render(*_main_cells(t, "html"), _main_align(t), t.footnote, "html", title="Main table")
+    return render(main_grid(t), "html", title="Main table")
 
 
 def main_table_csv(t: MainTable) -> str:
@@ -705,7 +731,7 @@ class AblationTable:
     reference: str | None
     reference_label: str
     interval_kind: str
-    headers: dict[str, dict[str, str]]
+    headers: dict[str, tuple[str, str]]
     footnote: str
 
 
@@ -749,24 +775,49 @@ def ablation_table(metrics: pd.DataFrame, config_methods: dict, boot: pd.DataFra
         interval_note(shown_rows, boot, confidence, deltas=True) if len(shown_rows) else "",
         provenance_note(provenance)) if x)
     return AblationTable(rows.reset_index(drop=True), shown, decimals, ref, ref_label, _interval_kind(metrics, boot),
-                         _headers(metrics, shown), footnote)
+                         headers(metrics, shown), footnote)
 
 
-def _ablation_cells(t: AblationTable, kind: str) -> tuple[list[str], list[list[str]]]:
-    header = ["Method", "Overrides"]
-    for m in t.metrics:
-        header += [t.headers[kind][m], _escape("Δ", kind)]
-    body = []
+def ablation_grid(t: AblationTable, *, paper: bool = False) -> Grid:
+    """`paper`: the LaTeX version, one column per metric (the method's value, its Δ to the reference
+    with the Δ's interval below), the overrides under the method's name; the value's own interval
+    is in the other formats."""
+    if paper:
+        return _ablation_paper_grid(t)
+    columns = [("Method", ""), ("Overrides", "")]
+    for m in t.metrics:  # in LaTeX the metric spans its two columns
+        columns += [(header_text(t.headers[m]), "value"), (header_text(t.headers[m]), "Δ")]
+    grid = Grid(columns=columns, align=_ablation_align(t), numeric=[False, False] + [True] * (2 * len(t.metrics)),
+                note=t.footnote, flat_header=["Method", "Overrides"] + [h for m in t.metrics
+                                                                       for h in (header_text(t.headers[m]), "Δ")])
     for row in t.rows.to_dict("records"):
         label = row["label"] + (" (reference)" if row["method"] == t.reference else "")
-        cells = [_escape(label, kind), _escape(row["overrides"] or "–", kind)]
+        cells = [label, row["overrides"] or "–"]
         for m in t.metrics:
-            cells.append(_number(_cell(row, m, t.interval_kind, t.decimals[m]), kind))
+            cells.append(_cell(row, m, t.interval_kind, t.decimals[m]))
             iv = stats.Interval(row[f"{m}_delta"], row[f"{m}_delta_lo"], row[f"{m}_delta_hi"], 0,
                                 row[f"{m}_delta_kind"])
-            cells.append(_number(_delta_cell(iv, t.decimals[m]), kind))
-        body.append(cells)
-    return header, body
+            cells.append(_delta_cell(iv, t.decimals[m]))
+        grid.body.append(cells)
+    return grid
+
+
+def _ablation_paper_grid(t: AblationTable) -> Grid:
+    note = (t.footnote + " In this table: each method's value and, in small type below it, its difference Δ to the "
+            "reference with the difference's interval (the value's own interval is in ablation_table.csv).")
+    grid = Grid(columns=[("Method", "overrides")] + [t.headers[m] for m in t.metrics],
+                align=["l"] + ["r"] * len(t.metrics), numeric=[False] + [True] * len(t.metrics), note=note)
+    for row in t.rows.to_dict("records"):
+        reference = row["method"] == t.reference
+        overrides = (row["overrides"] or "").replace(", ", "\n")  # one override per line
+        cells = [row["label"] + ("\nreference" if reference else f"\n{overrides}" if overrides else "")]
+        for m in t.metrics:
+            value = fmt(row[m], t.decimals[m]) if np.isfinite(row[m]) else "–"
+            iv = stats.Interval(row[f"{m}_delta"], row[f"{m}_delta_lo"], row[f"{m}_delta_hi"], 0,
+                                row[f"{m}_delta_kind"])
+            cells.append(value if reference else f"{value}\n{_delta_cell(iv, t.decimals[m])}")
+        grid.body.append(cells)
+    return grid
 
 
 def _ablation_align(t: AblationTable) -> list[str]:
@@ -774,15 +825,19 @@ def _ablation_align(t: AblationTable) -> list[str]:
 
 
 def ablation_table_markdown(t: AblationTable) -> str:
-    return render(*_ablation_cells(t, "md"), _ablation_align(t), t.footnote, "md")
+    return render(ablation_grid(t), "md")
 
 
 def ablation_table_latex(t: AblationTable) -> str:
-    return render(*_ablation_cells(t, "tex"), _ablation_align(t), t.footnote, "tex")
+    return render(ablation_grid(t, paper=True), "tex")
+
+
+def ablation_table_latex_note(t: AblationTable) -> str:
+    return latex_note(ablation_grid(t, paper=True).note)
 
 
 def ablation_table_html(t: AblationTable) -> str:
-    return render(*_ablation_cells(t, "html"), _ablation_align(t), t.footnote, "html", title="Ablation table")
+    return render(ablation_grid(t), "html", title="Ablation table")
 
 
 def ablation_table_csv(t: AblationTable) -> str:
@@ -848,6 +903,7 @@ class RoundsTable:
     metrics: list[str]
     decimals: dict[str, int]
     interval_kind: str
+    headers: dict[str, tuple[str, str]]
     footnote: str
 
 
@@ -867,34 +923,50 @@ def rounds_table(metrics: pd.DataFrame, config_methods: dict, boot: pd.DataFrame
     labels = {n: i.label for n, i in infos.items()}
     footnote = " ".join(x for x in (protocol_footnote(metrics, labels),
                                     interval_note(metrics, boot, confidence, deltas=False)) if x)
-    return RoundsTable(w.reset_index(drop=True), shown, decimals, _interval_kind(metrics, boot), footnote)
+    return RoundsTable(w.reset_index(drop=True), shown, decimals, _interval_kind(metrics, boot),
+                       headers(metrics, shown), footnote)
 
 
-def _rounds_cells(t: RoundsTable, kind: str) -> tuple[list[str], list[list[str]]]:
+def rounds_grid(t: RoundsTable, *, paper: bool = False) -> Grid:
+    """`paper`: the LaTeX version, without the columns whose printed value is the same in every
+    row (they are named, with their value, in the note; every column is in the CSV)."""
     shown = [m for m in t.metrics if m not in _ROUNDS_TEXT_HIDDEN]
-    header = ["Method", "Round", "Step"] + [_header_label(m, kind) for m in shown]
-    body = []
-    for row in t.rows.to_dict("records"):
-        cells = [_escape(row["label"], kind), str(int(row["round"])), str(int(row["step"]))]
-        cells += [_number(_cell(row, m, t.interval_kind, t.decimals[m]), kind) for m in shown]
-        body.append(cells)
-    return header, body
-
-
-def _rounds_align(t: RoundsTable) -> list[str]:
-    return ["l", "r", "r"] + ["r"] * len([m for m in t.metrics if m not in _ROUNDS_TEXT_HIDDEN])
+    cells_of = {m: [_cell(row, m, t.interval_kind, t.decimals[m]) for row in t.rows.to_dict("records")]
+                for m in shown}
+    note = t.footnote
+    if paper and len(t.rows) > 1:
+        constant = [m for m in shown if len(set(cells_of[m])) == 1]
+        shown = [m for m in shown if m not in constant]
+        if constant:
+            note += " Same in every row: " + "; ".join(f"{header_text(t.headers[m])} {cells_of[m][0]}"
+                                                     for m in constant) + "."
+    if paper:  # round and step stacked in one column
+        lead = [("Method", ""), ("Round", "(step)")]
+    else:
+        lead = [("Method", ""), ("Round", ""), ("Step", "")]
+    grid = Grid(columns=lead + [t.headers[m] for m in shown], align=["l"] + ["r"] * (len(lead) - 1 + len(shown)),
+                numeric=[False] + [True] * (len(lead) - 1 + len(shown)), note=note)
+    for i, row in enumerate(t.rows.to_dict("records")):
+        r, step = int(row["round"]), int(row["step"])
+        lead_cells = [f"{r}\n({step})"] if paper else [str(r), str(step)]
+        grid.body.append([row["label"], *lead_cells] + [cells_of[m][i] for m in shown])
+    return grid
 
 
 def rounds_table_markdown(t: RoundsTable) -> str:
-    return render(*_rounds_cells(t, "md"), _rounds_align(t), t.footnote, "md")
+    return render(rounds_grid(t), "md")
 
 
 def rounds_table_latex(t: RoundsTable) -> str:
-    return render(*_rounds_cells(t, "tex"), _rounds_align(t), t.footnote, "tex")
+    return render(rounds_grid(t, paper=True), "tex")
+
+
+def rounds_table_latex_note(t: RoundsTable) -> str:
+    return latex_note(rounds_grid(t, paper=True).note)
 
 
 def rounds_table_html(t: RoundsTable) -> str:
-    return render(*_rounds_cells(t, "html"), _rounds_align(t), t.footnote, "html", title="Per-round table")
+    return render(rounds_grid(t), "html", title="Per-round table")
 
 
 def rounds_table_csv(t: RoundsTable) -> str:
@@ -907,31 +979,33 @@ def rounds_table_csv(t: RoundsTable) -> str:
 # Rendering
 
 
-def _number(text: str, kind: str) -> str:
-    return _latex_number(text) if kind == "tex" else text
+@dataclass
+class Grid:
+    """One table as Unicode text, before any format: render() makes Markdown, LaTeX or HTML of it."""
+    columns: list[tuple[str, str]]  # (header, second header line: unit, feature space, value / Δ)
+    align: list[str]
+    numeric: list[bool]  # LaTeX: a minus sign, the interval one size smaller
+    note: str
+    body: list[list[str]] = field(default_factory=list)
+    bold: set[tuple[int, int]] = field(default_factory=set)  # (row, column)
+    rule_before: int | None = None  # a rule above this body row (the Δ rows)
+    flat_header: list[str] | None = None  # one-line headers (Markdown, HTML); default "header (unit)"
+
+    def header_line(self) -> list[str]:
+        return self.flat_header or [header_text(c) for c in self.columns]
 
 
-def _bold(text: str, kind: str) -> str:
-    return {"md": f"**{text}**", "tex": rf"\textbf{{{text}}}", "html": f"<b>{text}</b>"}[kind]
-
-
-def _escape(text: str, kind: str) -> str:
-    return {"md": str, "tex": latex_escape, "html": html.escape}[kind](text)
-
-
-def _header_label(metric: str, kind: str) -> str:
-    spec = metric_spec(metric)
-    return spec.latex if kind == "tex" else _escape(spec.label, kind)
-
-
-def render(header: list[str], body: list[list[str]], align: list[str], note: str, kind: str, *,
-           title: str = "", rule_before: int | None = None) -> str:
-    """One table as Markdown (+ its note), a LaTeX tabular (+ note) or a self-contained HTML page."""
+def render(grid: Grid, kind: str, *, title: str = "") -> str:
+    """Markdown (+ its note), a LaTeX tabular (its note is latex_note's file) or a self-contained
+    HTML page."""
     if kind == "md":
-        return markdown_table(header, body, align) + "\n" + note + "\n"
+        body = [[f"**{c}**" if (i, j) in grid.bold else c for j, c in enumerate(r)] for i, r in enumerate(grid.body)]
+        return markdown_table(grid.header_line(), body, grid.align) + "\n" + grid.note + "\n"
     if kind == "tex":
-        return latex_tabular(header, body, align, note, rule_before=rule_before)
-    return html_table(title, header, body, align, note)
+        return latex_tabular(grid)
+    body = [[f"<b>{html.escape(c)}</b>" if (i, j) in grid.bold else html.escape(c) for j, c in enumerate(r)]
+            for i, r in enumerate(grid.body)]
+    return html_table(title, [html.escape(h) for h in grid.header_line()], body, grid.align, grid.note)
 
 
 def markdown_table(header: list[str], body: list[list[str]], align: list[str]) -> str:
@@ -941,24 +1015,35 @@ def markdown_table(header: list[str], body: list[list[str]], align: list[str]) -
     return "\n".join(lines) + "\n"
 
 
-def latex_tabular(header: list[str], body: list[list[str]], align: list[str], note: str = "", *,
-                  rule_before: int | None = None) -> str:
-    """booktabs tabular; `rule_before`: a \\midrule before that body row (the delta rows)."""
-    lines = [
-        "% generated by `python -m ranke report`; needs \\usepackage{booktabs}",
-        "\\begin{tabular}{" + "".join(align) + "}",
-        "\\toprule",
-        " & ".join(header) + r" \\",
-        "\\midrule",
-    ]
-    for i, cells in enumerate(body):
-        if rule_before is not None and i == rule_before:
-            lines.append("\\midrule")
-        lines.append(" & ".join(cells) + r" \\")
-    lines += ["\\bottomrule", "\\end{tabular}"]
-    if note:
-        lines += ["\\par\\smallskip", "{\\footnotesize " + latex_escape(note) + "\\par}"]
-    return "\n".join(lines) + "\n"
+def latex_tabular(grid: Grid) -> str:
+    """A booktabs tabular through pandas' Styler (layout, header rows, bold cells), every cell and
+    header escaped by latex_escape / latex_number. Only the tabular: it goes inside a table float or
+    \resizebox as it is; its note is a separate file (latex_note)."""
+    two_lines = any(unit for _, unit in grid.columns)
+    columns = pd.MultiIndex.from_tuples(grid.columns) if two_lines else pd.Index([h for h, _ in grid.columns])
+    frame = pd.DataFrame(grid.body, columns=columns) if grid.body else pd.DataFrame(columns=columns)
+    styler = frame.style.hide(axis="index")
+    for j, numeric in enumerate(grid.numeric):
+        styler = styler.format(lambda x, n=numeric: latex_cell(x, n), subset=frame.columns[[j]])
+    styler = styler.format_index(latex_escape, axis=1, level=list(range(columns.nlevels)))
+    if grid.bold:
+        css = np.full(frame.shape, "", dtype=object)
+        for i, j in grid.bold:
+            css[i, j] = "font-weight: bold"
+        styler = styler.apply(lambda d: pd.DataFrame(css, index=d.index, columns=d.columns), axis=None)
+    # no padding outside the first and last columns (booktabs style): 12 pt of a page's width
+    column_format = "@{}" + "".join(grid.align) + "@{}"
+    tex = styler.to_latex(hrules=True, column_format=column_format, convert_css=True, multicol_align="c")
+    lines = tex.rstrip("\n").split("\n")
+    if grid.rule_before is not None:
+        first_body = lines.index(r"\midrule") + 1
+        lines.insert(first_body + grid.rule_before, r"\midrule")
+    return "% generated by `python -m ranke report`; needs \\usepackage{booktabs}\n" + "\n".join(lines) + "\n"
+
+
+def latex_note(note: str) -> str:
+    r"""The table's note for a caption or a footnote, e.g. \caption{... \input{main_table.note.tex}}."""
+    return latex_escape(note) + "%\n"
 
 
 _HTML_STYLE = (
@@ -972,7 +1057,7 @@ _HTML_STYLE = (
 def html_table(title: str, header: list[str], body: list[list[str]], align: list[str], note: str = "") -> str:
     """A self-contained page (what the Snakemake HTML report shows inline)."""
     cls = lambda a: ' class="r"' if a == "r" else ""  # noqa: E731
-    rows = ["<tr>" + "".join(f"<th{cls(a)}>{h}</th>" for h, a in zip(header, align)) + "</tr>"]
+    rows = ["<tr>" + "".join(f"<th{cls(a)}>{h}</th>" for h, a in zip(header, align)) + "</tr>"]  # escaped
     rows += ["<tr>" + "".join(f"<td{cls(a)}>{c}</td>" for c, a in zip(cells, align)) + "</tr>" for cells in body]
     return (
         f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
@@ -985,8 +1070,9 @@ def html_table(title: str, header: list[str], body: list[list[str]], align: list
 __all__ = [
     "METRICS", "MAIN_METRICS", "METHOD_LABELS", "MethodInfo", "MainTable", "AblationTable", "RoundsTable",
     "method_infos", "load_metrics", "load_bootstrap", "load_train_logs", "final_rounds", "summary_wide",
-    "main_table", "main_table_markdown", "main_table_latex", "main_table_csv", "main_table_html",
-    "ablation_table", "ablation_table_markdown", "ablation_table_latex", "ablation_table_csv",
-    "ablation_table_html", "rounds_table", "rounds_table_markdown", "rounds_table_latex", "rounds_table_csv",
+    "Grid", "render", "latex_escape", "latex_number", "latex_cell", "latex_note", "headers", "header_text", "fid_space",
+    "main_table", "main_grid", "main_table_markdown", "main_table_latex", "main_table_latex_note", "main_table_csv", "main_table_html",
+    "ablation_table", "ablation_table_markdown", "ablation_table_latex", "ablation_table_latex_note", "ablation_table_csv",
+    "ablation_table_html", "rounds_table", "rounds_table_markdown", "rounds_table_latex", "rounds_table_latex_note", "rounds_table_csv",
     "rounds_table_html", "deltas_frame", "comparisons", "protocol_footnote", "protocol_facts",
 ]

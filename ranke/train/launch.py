@@ -35,7 +35,7 @@ from pathlib import Path
 
 import submitit
 
-from ranke.runtime import log_environment, parse_config_json, setup_logging
+from ranke.runtime import log_environment, add_config_arguments, config_from_args, setup_logging
 
 log = logging.getLogger("ranke.train.launch")
 
@@ -571,8 +571,7 @@ def _log_tail(job, n: int = 60) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ranke round", description=__doc__.split("\n")[0])
-    p.add_argument("--config-json", required=True,
-                   help="JSON with: seed, device, precision, image_size, backbone, assets, methods, rounds, train, cluster")
+    add_config_arguments(p, "seed, device, precision, image_size, backbone, assets, methods, rounds, train, cluster")
     p.add_argument("--method", required=True)
     p.add_argument("--round", type=int, required=True)
     p.add_argument("--init", required=True, help="previous round's checkpoint directory, or 'base'")
@@ -583,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-file", default=None)
     a = p.parse_args(argv)
     setup_logging(a.log_file)
-    cfg = parse_config_json(a.config_json)
+    cfg = config_from_args(a)
     if a.round < 1:
         p.error("--round must be >= 1 (round 0 is the base model)")
     init = None if a.init == "base" else a.init

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from ranke.config import ConfigError, codebook_size, method_train, missing_assets, validate_config
@@ -72,57 +73,78 @@ CRITICAL_PATH_PRIORITY = 10
 
 # ---------------------------------------------------------------------------------------------
 # Config handed to stages: only the sections a stage reads, so that Snakemake's params trigger
-# reruns exactly the stages whose settings changed.
+# reruns exactly the stages whose settings changed. Each stage gets it as a small JSON file named
+# by its content (STAGE_CONFIGS/<stage>-<hash>.json), written here when the workflow is parsed:
+# the command lines and failure messages stay one line long, the file says exactly what the job
+# ran with, and a changed setting is a changed file name, hence a changed param.
+
+STAGE_CONFIGS = ".ranke/stage-config"
 
 # `seed` is not among them: it seeds only the demo base models (the demo rules ask for it), and a
 # replicate's seed reaches exactly its own rounds and samples (replicate_config below).
 _RUNTIME_KEYS = ["backbone", "device", "precision", "image_size", "assets"]
 
 
-def stage_config(*sections):
+def _sections(*sections):
     cfg = {key: config[key] for key in _RUNTIME_KEYS if key in config}
     for section in sections:
         if section == "methods":
             cfg["methods"] = config["methods"]  # a list: the tables keep the study's order
         else:
             cfg[section] = config[section]
-    return json.dumps(cfg, sort_keys=True)
+    return cfg
 
 
-def replicate_config(*sections):
+def config_file(stage, cfg):
+    """Write `cfg` (if not already there) as STAGE_CONFIGS/<stage>-<hash>.json; return its path."""
+    text = json.dumps(cfg, sort_keys=True, indent=1) + "\n"
+    path = Path(STAGE_CONFIGS) / f"{stage}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.json"
+    if not path.exists():  # identical content by construction: a concurrent writer is harmless
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return str(path)
+
+
+def stage_config(stage, *sections):
+    return config_file(stage, _sections(*sections))
+
+
+def replicate_config(stage, *sections):
     """stage_config for one replicate: the evaluation sampling seed of replicate s is
     sampling.seed + s, the same for every method of the replicate (paired comparisons)."""
 
     def cfg_of(wildcards):
-        cfg = json.loads(stage_config(*sections))
+        cfg = _sections(*sections)
         if "sampling" in cfg:
             cfg["sampling"] = dict(
                 cfg["sampling"], seed=int(config["sampling"]["seed"]) + int(wildcards.seed)
             )
-        return json.dumps(cfg, sort_keys=True)
+        return config_file(stage, cfg)
 
     return cfg_of
 
 
 def fid_reference_config():
     """Only what the reference statistics depend on (not the rest of `score`)."""
-    cfg = json.loads(stage_config("bad_images"))
+    cfg = _sections("bad_images")
     cfg["score"] = {
         "batch_size": config["score"]["batch_size"],
         "fid_protocol": config["score"]["fid_protocol"],
         "fid_reference": config["score"]["fid_reference"],
     }
-    return json.dumps(cfg, sort_keys=True)
+    return config_file("fid_reference", cfg)
 
 
 def round_config(wildcards):
     """A round reads its own method only (not the other methods), the train block with that
     method's overrides merged in, and its replicate's seed."""
-    cfg = json.loads(stage_config("rounds", "cluster"))
+    cfg = _sections("rounds", "cluster")
     cfg["methods"] = {wildcards.method: METHODS[wildcards.method]}
     cfg["train"] = method_train(config, wildcards.method)
     cfg["seed"] = int(wildcards.seed)
-    return json.dumps(cfg, sort_keys=True)
+    return config_file("round", cfg)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,9 +16,9 @@ if DEMO:
             runtime=res("default", "runtime"),
             mem_mb=res("default", "mem_mb"),
         params:
-            cfg=stage_config("seed", "demo"),
+            cfg=stage_config("demo_data", "seed", "demo"),
         shell:
-            "python -m ranke demo-data --config-json {params.cfg:q} --out {output:q} 2> {log:q}"
+            "python -m ranke demo-data --config {params.cfg:q} --out {output:q} 2> {log:q}"
 
     rule demo_vq:
         input:
@@ -39,9 +39,9 @@ if DEMO:
             gpu=res("demo_train", "gpu"),
             cpus_per_gpu=res("demo_train", "cpus_per_gpu"),
         params:
-            cfg=stage_config("seed", "demo"),
+            cfg=stage_config("demo_vq", "seed", "demo"),
         shell:
-            "python -m ranke demo-train vq --config-json {params.cfg:q} --coco {input.coco:q} --threads {threads}"
+            "python -m ranke demo-train vq --config {params.cfg:q} --coco {input.coco:q} --threads {threads}"
             " --out {output:q} 2> {log:q}"
 
     rule demo_text:
@@ -60,9 +60,9 @@ if DEMO:
             runtime=res("default", "runtime"),
             mem_mb=res("default", "mem_mb"),
         params:
-            cfg=stage_config("seed", "demo"),
+            cfg=stage_config("demo_text", "seed", "demo"),
         shell:
-            "python -m ranke demo-train text --config-json {params.cfg:q} --coco {input.coco:q} --threads {threads}"
+            "python -m ranke demo-train text --config {params.cfg:q} --coco {input.coco:q} --threads {threads}"
             " --out {output:q} 2> {log:q}"
 
     rule demo_clip:
@@ -84,10 +84,10 @@ if DEMO:
             gpu=res("demo_train", "gpu"),
             cpus_per_gpu=res("demo_train", "cpus_per_gpu"),
         params:
-            cfg=stage_config("seed", "demo"),
+            cfg=stage_config("demo_clip", "seed", "demo"),
             outdir=parent_dir_of_weights,
         shell:
-            "python -m ranke demo-train clip --config-json {params.cfg:q} --coco {input.coco:q} --threads {threads}"
+            "python -m ranke demo-train clip --config {params.cfg:q} --coco {input.coco:q} --threads {threads}"
             " --out {params.outdir:q} 2> {log:q}"
 
     rule demo_gpt:
@@ -110,9 +110,9 @@ if DEMO:
             gpu=res("demo_train", "gpu"),
             cpus_per_gpu=res("demo_train", "cpus_per_gpu"),
         params:
-            cfg=stage_config("seed", "demo"),
+            cfg=stage_config("demo_gpt", "seed", "demo"),
         shell:
-            "python -m ranke demo-train gpt --config-json {params.cfg:q} --tokens {input.tokens:q} --threads {threads}"
+            "python -m ranke demo-train gpt --config {params.cfg:q} --tokens {input.tokens:q} --threads {threads}"
             " --t5 {input.text:q} --out {output:q} 2> {log:q}"
 
     rule demo_quality:
@@ -133,7 +133,7 @@ if DEMO:
             gpu=res("demo_train", "gpu"),
             cpus_per_gpu=res("demo_train", "cpus_per_gpu"),
         params:
-            cfg=stage_config("seed", "demo", "sampling", "prompts"),
+            cfg=stage_config("demo_quality", "seed", "demo", "sampling", "prompts"),
         shell:
-            "python -m ranke demo-quality --config-json {params.cfg:q} --tokens {input.tokens:q} --threads {threads}"
+            "python -m ranke demo-quality --config {params.cfg:q} --tokens {input.tokens:q} --threads {threads}"
             " --out {output:q} 2> {log:q}"

@@ -20,9 +20,9 @@ rule baseline:
         gpu=res("sample", "gpu"),
         cpus_per_gpu=res("sample", "cpus_per_gpu"),
     params:
-        cfg=replicate_config("sampling"),
+        cfg=replicate_config("sample", "sampling"),
     shell:
-        "python -m ranke sample --config-json {params.cfg:q} --method base --round 0"
+        "python -m ranke sample --config {params.cfg:q} --method base --round 0"
         " --checkpoint base --prompts {input.prompts:q} --out {output:q} --threads {threads} 2> {log:q}"
 
 
@@ -51,8 +51,8 @@ rule sample:
         gpu=res("sample", "gpu"),
         cpus_per_gpu=res("sample", "cpus_per_gpu"),
     params:
-        cfg=replicate_config("sampling"),
+        cfg=replicate_config("sample", "sampling"),
     shell:
-        "python -m ranke sample --config-json {params.cfg:q} --method {wildcards.method}"
+        "python -m ranke sample --config {params.cfg:q} --method {wildcards.method}"
         " --round {wildcards.round} --checkpoint {input.checkpoint:q} --prompts {input.prompts:q}"
         " --out {output:q} --threads {threads} 2> {log:q}"

@@ -18,6 +18,6 @@ rule prompts:
         runtime=res("default", "runtime"),
         mem_mb=res("default", "mem_mb"),
     params:
-        cfg=stage_config("prompts"),
+        cfg=stage_config("prompts", "prompts"),
     shell:
-        "python -m ranke prompts --config-json {params.cfg:q} --out {output:q} 2> {log:q}"
+        "python -m ranke prompts --config {params.cfg:q} --out {output:q} 2> {log:q}"

@@ -16,19 +16,19 @@ rule report:
             caption="../report/main_table.rst",
             category="Tables",
         ),
-        main_files=multiext(f"{REPORT_DIR}/main_table", ".md", ".tex", ".csv"),
+        main_files=multiext(f"{REPORT_DIR}/main_table", ".md", ".tex", ".note.tex", ".csv"),
         ablation=report(
             f"{REPORT_DIR}/ablation_table.html",
             caption="../report/ablation_table.rst",
             category="Tables",
         ),
-        ablation_files=multiext(f"{REPORT_DIR}/ablation_table", ".md", ".tex", ".csv"),
+        ablation_files=multiext(f"{REPORT_DIR}/ablation_table", ".md", ".tex", ".note.tex", ".csv"),
         rounds=report(
             f"{REPORT_DIR}/rounds_table.html",
             caption="../report/rounds_table.rst",
             category="Tables",
         ),
-        rounds_files=multiext(f"{REPORT_DIR}/rounds_table", ".md", ".tex", ".csv"),
+        rounds_files=multiext(f"{REPORT_DIR}/rounds_table", ".md", ".tex", ".note.tex", ".csv"),
         deltas=f"{REPORT_DIR}/deltas.csv",
         replicates=f"{REPORT_DIR}/replicates.csv",
         protocol=f"{REPORT_DIR}/protocol.json",
@@ -65,10 +65,10 @@ rule report:
         runtime=res("default", "runtime"),
         mem_mb=res("default", "mem_mb"),
     params:
-        cfg=stage_config("study", "methods", "replicates", "report"),
+        cfg=stage_config("report", "study", "methods", "replicates", "report"),
         config_hash=CONFIG_HASH,
         out_dir=dir_of_output_main,
     shell:
-        "python -m ranke report --config-json {params.cfg:q} --config-hash {params.config_hash}"
+        "python -m ranke report --config {params.cfg:q} --config-hash {params.config_hash}"
         " --metrics {input.metrics:q} --bootstrap {input.bootstrap:q} --train-logs {input.train_logs:q}"
         " --grids {input.grids:q} --prompts {input.prompts:q} --out-dir {params.out_dir:q} 2> {log:q}"

@@ -24,7 +24,7 @@ rule fid_reference:
     params:
         cfg=fid_reference_config(),
     shell:
-        "python -m ranke fid-reference --config-json {params.cfg:q} --out {output:q} --threads {threads} 2> {log:q}"
+        "python -m ranke fid-reference --config {params.cfg:q} --out {output:q} --threads {threads} 2> {log:q}"
 
 
 rule score:
@@ -54,10 +54,10 @@ rule score:
         gpu=res("score", "gpu"),
         cpus_per_gpu=res("score", "cpus_per_gpu"),
     params:
-        cfg=replicate_config("score", "sampling", "rounds", "prompts"),
+        cfg=replicate_config("score", "score", "sampling", "rounds", "prompts"),
         checkpoint=score_checkpoint,
     shell:
-        "python -m ranke score --config-json {params.cfg:q} --method {wildcards.method}"
+        "python -m ranke score --config {params.cfg:q} --method {wildcards.method}"
         " --replicate {wildcards.seed} --round {wildcards.round} --samples {input.samples:q}"
         " --checkpoint {params.checkpoint:q} --prompts {input.prompts:q} --code-hist {input.code_hist:q}"
         " --fid-ref {input.fid_ref:q} --out {output.metrics:q} --per-sample {output.per_sample:q}"

@@ -21,9 +21,9 @@ rule tokenize:
         gpu=res("tokenize", "gpu"),
         cpus_per_gpu=res("tokenize", "cpus_per_gpu"),
     params:
-        cfg=stage_config("bad_images", "tokenize"),
+        cfg=stage_config("tokenize", "bad_images", "tokenize"),
     shell:
-        "python -m ranke tokenize split --config-json {params.cfg:q} --split {wildcards.split}"
+        "python -m ranke tokenize split --config {params.cfg:q} --split {wildcards.split}"
         " --out {output:q} 2> {log:q}"
 
 

@@ -32,7 +32,7 @@ rule train_round:
         init=round_init,
         work=f"{RUN}/work",
     shell:
-        "python -m ranke round --config-json {params.cfg:q} --method {wildcards.method}"
+        "python -m ranke round --config {params.cfg:q} --method {wildcards.method}"
         " --round {wildcards.round} --init {params.init:q} --tokens {input.tokens:q}"
         " --work {params.work:q} --out {output.checkpoint:q} --log-parquet {output.train_log:q}"
         " 2> {log:q}"
