@@ -120,6 +120,17 @@ def test_slurm_parameters_and_clean_env(monkeypatch, tmp_path):
     assert params["partition"] == "gpu" and params["account"] == "proj" and params["gpus_per_node"] == 2
     assert params["ntasks_per_node"] == 2 and params["time"] == 30 and params["mem"] == "16GB"
     assert params["setup"] == ["source venv/bin/activate"] and ex._executor.max_num_timeout == 5
+    assert not {"qos", "constraint", "exclusive", "additional_parameters"} & set(params)  # only where set
+
+    # the site settings of cluster.slurm reach the round job's sbatch script
+    site = {**cluster["slurm"], "qos": "high", "constraint": "h100", "exclusive": True,
+            "additional_parameters": {"reservation": "paper", "gres": "gpu:h100:2"}}
+    ex = make_executor({**cluster, "slurm": site}, name="ranke-ranke-r1", world_size=2)
+    script = submitit.slurm.slurm._make_sbatch_string(command="true", folder=tmp_path / "f",
+                                                      **ex._executor.parameters)
+    for line in ("#SBATCH --qos=high", "#SBATCH --constraint=h100", "#SBATCH --exclusive",
+                 "#SBATCH --reservation=paper", "#SBATCH --gres=gpu:h100:2", "#SBATCH --partition=gpu"):
+        assert line in script, (line, script)
 
     # inside a SLURM job (a Snakemake rule) the nested submission must not see SLURM_* variables
     seen = {}

@@ -178,6 +178,29 @@ def test_demo_job_groups_and_stage_threads(tmp_path):
     assert re.search(rf"ranke score .* --threads {threads['score']} ", text)
 
 
+def test_scheduler_settings_reach_each_rule_only_where_set(tmp_path):
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump({"resources": {
+        "default": {"qos": "normal"},
+        "sample": {"threads": 1, "constraint": "h100", "slurm_extra": "--exclusive"}}}))
+    # sample and score of a round are one job: they must ask for the same
+    out = snakemake("-n", "--cores", "2", "--configfile", str(REPO / "config.yaml"), str(site), workdir=tmp_path,
+                    timeout=300, check=False)
+    assert out.returncode != 0 and "sample, score run as one job" in out.stdout + out.stderr
+    site.write_text(yaml.safe_dump({"resources": {
+        "default": {"qos": "normal"},
+        "sample": {"threads": 1, "constraint": "h100", "slurm_extra": "--exclusive"},
+        "score": {"threads": 1, "constraint": "h100", "slurm_extra": "--exclusive"}}}))
+    out = snakemake("-n", "--cores", "2", "--configfile", str(REPO / "config.yaml"), str(site), workdir=tmp_path,
+                    timeout=300)
+    resources = {}
+    for rule, res in re.findall(r"^\s*rule (\w+):\n(?:\s+\w+: .*\n)*?\s+resources: (.*)$", out.stdout, re.M):
+        resources.setdefault(rule, res)
+    assert "constraint=h100" in resources["sample"] and "slurm_extra=--exclusive" in resources["sample"]
+    assert "qos=normal" in resources["sample"] and "qos=normal" in resources["prompts"]  # default's, inherited
+    assert "constraint=h100" in resources["score"] and "constraint" not in resources["prompts"]
+
+
 def wc_round(wildcards: str) -> int:
     return int(re.search(r"round=(\d+)", wildcards).group(1))
 

@@ -62,6 +62,7 @@ def test_shipped_profile_files_are_identical_and_complete():
     assert set(profile["default-resources"]) >= {"slurm_partition", "slurm_account", "runtime", "mem_mb"}
     # the plugin's default of 40 s before the first status check makes short jobs idle for that long
     assert 1 <= int(profile["slurm-init-seconds-before-status-checks"]) <= 10  # not the 40 s default
+    assert int(profile["retries"]) == 1  # a job that died with its node gets one more attempt
 
 
 def test_install_profile_writes_into_xdg_config_home(tmp_path):

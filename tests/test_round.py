@@ -207,6 +207,10 @@ def test_resume_after_kill_equals_uninterrupted_run(world, tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         run_round(cfg, "ranke", 1, None, tokens, tmp_path / "w2", tmp_path / "out2", tmp_path / "log2.parquet")
     assert (tmp_path / "w2" / "resume.pt").exists() and not (tmp_path / "out2").exists()
+    # the training log so far is readable while the round is unfinished (written at each checkpoint)
+    done = json.loads((tmp_path / "w2" / round_mod.RESUME_INFO).read_text())["steps_done"]
+    live = read_parquet(tmp_path / "w2" / round_mod.LIVE_LOG, "train_log")
+    assert done >= 1 and live["step"].tolist() == list(range(done))
     monkeypatch.setattr(RoundRunner, "train_step", real)
     run_round(cfg, "ranke", 1, None, tokens, tmp_path / "w2", tmp_path / "out2", tmp_path / "log2.parquet")
 
@@ -220,6 +224,7 @@ def test_resume_after_kill_equals_uninterrupted_run(world, tmp_path, monkeypatch
     lb = read_parquet(tmp_path / "log2.parquet", "train_log").drop(columns="step_time_s")
     pd.testing.assert_frame_equal(la, lb, check_exact=True)
     assert la["step"].tolist() == [0, 1, 2, 3] and not (tmp_path / "w2" / "resume.pt").exists()
+    assert not (tmp_path / "w2" / round_mod.LIVE_LOG).exists()  # superseded by the round's log
 
     # round 2 continues the global step and carries the state over
     run_round(cfg, "ranke", 2, str(tmp_path / "out1"), tokens, tmp_path / "w3", tmp_path / "out3",

@@ -463,7 +463,8 @@ def test_pipeline_on_slurm_matches_local_and_recovers(slurm_cluster, tiny_local_
 
 def _cluster_runs(slurm_cluster, cluster: Path, config: dict, env: dict, tmp_path: Path, timings: dict) -> None:
     # the literal command, plus overlays: rounds through submitit on SLURM, and (run A) the fault
-    command = [SNAKEMAKE, "--profile", "slurm", "--configfile", TINY]
+    # no retries: the injected fault must fail once, not twice (the profile retries a failed job once)
+    command = [SNAKEMAKE, "--profile", "slurm", "--retries", "0", "--configfile", TINY]
     overlays = []
     if config["cluster"]["executor"] != "slurm":
         overlays.append(_write_yaml(cluster / "slurm-rounds.yaml", {"cluster": {"executor": "slurm"}}))

@@ -129,6 +129,14 @@ def make_executor(cluster: dict, *, name: str, world_size: int = 1) -> submitit.
             params["slurm_partition"] = slurm["partition"]
         if slurm.get("account"):
             params["slurm_account"] = slurm["account"]
+        if slurm.get("qos"):
+            params["slurm_qos"] = slurm["qos"]
+        if slurm.get("constraint"):
+            params["slurm_constraint"] = slurm["constraint"]
+        if slurm.get("exclusive"):
+            params["slurm_exclusive"] = True
+        if slurm.get("additional_parameters"):
+            params["slurm_additional_parameters"] = dict(slurm["additional_parameters"])
         ex.update_parameters(**params)
     else:
         ex = submitit.AutoExecutor(folder=folder, cluster=kind)

@@ -83,6 +83,9 @@ log = logging.getLogger("ranke.train.round")
 
 RESUME_FILE = "resume.pt"
 RESUME_INFO = "resume.json"  # the step of resume.pt, readable without torch (ranke.train.launch)
+# The training log so far, rewritten at every checkpoint: a round runs for hours on a cluster, and
+# the round's train_log.parquet (an output) appears only when it ends.
+LIVE_LOG = "train_log.parquet"
 DECODER_SYNCS = ("local", "global")
 LASC_CODEBOOKS = ("normalized", "raw")
 LOG_COLUMNS = SCHEMAS["train_log"].names
@@ -491,7 +494,9 @@ class RoundRunner:
             # what the round's driver, which never imports torch, says a rerun resumes from
             write_json({"global_step": step, "steps_done": self.state.round_steps, "steps": self.n_steps,
                         "written_at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}, self.work_dir / RESUME_INFO)
-            log.info("checkpoint: %s (global step %d)", self.work_dir / RESUME_FILE, step)
+            write_parquet(self.log_frame(), self.work_dir / LIVE_LOG, "train_log")
+            log.info("checkpoint: %s (global step %d); training log so far: %s", self.work_dir / RESUME_FILE, step,
+                     self.work_dir / LIVE_LOG)
         self.dist.barrier()
         if self.local_decoders and not self.dist.main:
             self.remove_shards(keep_step=step)
@@ -757,6 +762,7 @@ def _run_rank(cfg, method, round_idx, init_dir, tokens_path, work_dir, out_dir, 
     if d.main:
         (Path(work_dir) / RESUME_FILE).unlink(missing_ok=True)
         (Path(work_dir) / RESUME_INFO).unlink(missing_ok=True)
+        (Path(work_dir) / LIVE_LOG).unlink(missing_ok=True)  # superseded by log_path
         log.info("round done: %s (global step %d)", out_dir, runner.state.step)
 
 

@@ -13,6 +13,7 @@ if DEMO:
         conda:
             CONDA_ENV
         resources:
+            **scheduler_extras("default"),
             runtime=res("default", "runtime"),
             mem_mb=res("default", "mem_mb"),
         params:
@@ -34,6 +35,7 @@ if DEMO:
             CONDA_ENV
         threads: 1  # VQ and CLIP train side by side, one core each
         resources:
+            **scheduler_extras("demo_train"),
             runtime=res("demo_train", "runtime"),
             mem_mb=res("demo_train", "mem_mb"),
             gpu=res("demo_train", "gpu"),
@@ -57,6 +59,7 @@ if DEMO:
         conda:
             CONDA_ENV
         resources:
+            **scheduler_extras("default"),
             runtime=res("default", "runtime"),
             mem_mb=res("default", "mem_mb"),
         params:
@@ -79,6 +82,7 @@ if DEMO:
             CONDA_ENV
         threads: 1  # VQ and CLIP train side by side, one core each
         resources:
+            **scheduler_extras("demo_train"),
             runtime=res("demo_train", "runtime"),
             mem_mb=res("demo_train", "mem_mb"),
             gpu=res("demo_train", "gpu"),
@@ -105,6 +109,7 @@ if DEMO:
             CONDA_ENV
         threads: 2
         resources:
+            **scheduler_extras("demo_train"),
             runtime=res("demo_train", "runtime"),
             mem_mb=res("demo_train", "mem_mb"),
             gpu=res("demo_train", "gpu"),
@@ -128,6 +133,7 @@ if DEMO:
             CONDA_ENV
         threads: 2
         resources:
+            **scheduler_extras("demo_train"),
             runtime=res("demo_train", "runtime"),
             mem_mb=res("demo_train", "mem_mb"),
             gpu=res("demo_train", "gpu"),

@@ -15,6 +15,7 @@ rule baseline:
         CONDA_ENV
     threads: res("sample", "threads")
     resources:
+        **scheduler_extras("sample"),
         runtime=res("sample", "runtime"),
         mem_mb=res("sample", "mem_mb"),
         gpu=res("sample", "gpu"),
@@ -46,6 +47,7 @@ rule sample:
         CONDA_ENV
     threads: res("sample", "threads")
     resources:
+        **scheduler_extras("sample"),
         runtime=res("sample", "runtime"),
         mem_mb=res("sample", "mem_mb"),
         gpu=res("sample", "gpu"),

@@ -15,6 +15,7 @@ rule prompts:
     conda:
         CONDA_ENV
     resources:
+        **scheduler_extras("default"),
         runtime=res("default", "runtime"),
         mem_mb=res("default", "mem_mb"),
     params:

@@ -62,6 +62,7 @@ rule report:
     conda:
         CONDA_ENV
     resources:
+        **scheduler_extras("default"),
         runtime=res("default", "runtime"),
         mem_mb=res("default", "mem_mb"),
     params:

@@ -17,6 +17,7 @@ rule fid_reference:
         CONDA_ENV
     threads: res("score", "threads")
     resources:
+        **scheduler_extras("score"),
         runtime=res("score", "runtime"),
         mem_mb=res("score", "mem_mb"),
         gpu=res("score", "gpu"),
@@ -49,6 +50,7 @@ rule score:
         CONDA_ENV
     threads: res("score", "threads")
     resources:
+        **scheduler_extras("score"),
         runtime=res("score", "runtime"),
         mem_mb=res("score", "mem_mb"),
         gpu=res("score", "gpu"),

@@ -16,6 +16,7 @@ rule tokenize:
         CONDA_ENV
     threads: max(1, config["tokenize"]["workers"])  # the stage's loader processes
     resources:
+        **scheduler_extras("tokenize"),
         runtime=res("tokenize", "runtime"),
         mem_mb=res("tokenize", "mem_mb"),
         gpu=res("tokenize", "gpu"),
@@ -39,6 +40,7 @@ rule code_histogram:
     conda:
         CONDA_ENV
     resources:
+        **scheduler_extras("default"),
         runtime=res("default", "runtime"),
         mem_mb=res("default", "mem_mb"),
     params:

@@ -25,6 +25,7 @@ rule train_round:
     conda:
         CONDA_ENV
     resources:
+        **scheduler_extras("default"),
         runtime=res("default", "runtime"),
         mem_mb=res("default", "mem_mb"),
     params:
