@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: python -m ranke <command> [options]", "", "commands:"]
+    lines = ["usage: python -m ranke <command> [options]    (python -m ranke --version)", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in {"-h", "--help"}:
         print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from ranke.runtime import code_version
+
+        print(code_version())  # the package version and the git commit the code came from
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

@@ -97,7 +97,7 @@ def make_prompts(cfg: dict, out_path: str | Path) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ranke prompts", description=__doc__.splitlines()[0])
     add_config_arguments(ap, "config with the prompts section")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True, help="prompts.parquet to write")
     args = ap.parse_args(argv)
     setup_logging()
     make_prompts(config_from_args(args), args.out)

@@ -467,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ranke standins", description=__doc__.splitlines()[0])
     p.add_argument("--study", required=True, help="study config, e.g. workflow/studies/llamagen_xl.yaml")
     p.add_argument("--out", required=True, help="directory for the assets and overlay.yaml")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of every random weight and image")
     p.add_argument("--world-size", type=int, default=1, help="train.world_size of the overlay (CPU ranks, gloo)")
     args = p.parse_args(argv)
     setup_logging()

@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="val prompts sampled by the base policy (default: demo.quality.n_prompts, 100)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a quality bar is missed")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave the default)")
-    p.add_argument("--log", default=None)
+    p.add_argument("--log", default=None, help="also log to this file")
     args = p.parse_args(argv)
     setup_logging(args.log)
     cfg = config_from_args(args)

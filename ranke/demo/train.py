@@ -434,12 +434,12 @@ def train_gpt(cfg: dict, tokens_path: str | Path, t5_path: str | Path, out: str 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ranke demo-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", choices=MODELS)
+    p.add_argument("model", choices=MODELS, help="which demo base model to train")
     add_config_arguments(p, "the demo config: seed, demo and the runtime keys")
     p.add_argument("--coco", help="demo COCO root (vq, text, clip)")
     p.add_argument("--tokens", help="tokens parquet of the train split (gpt)")
     p.add_argument("--t5", help="text encoder directory (gpt)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the model file (vq, gpt) or directory (text, clip)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave the default)")
     p.add_argument("--log", default=None, help="also log to this file")
     args = p.parse_args(argv)

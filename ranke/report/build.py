@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-logs", nargs="*", default=[], help="train_log.parquet files")
     ap.add_argument("--grids", nargs="*", default=[], help=".../{method}/seed_{s}/round_{r}/grid.png files")
     ap.add_argument("--prompts", default=None, help="prompts.parquet: captions above the sample grid")
-    ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--out-dir", required=True, help="directory for the tables, figures and protocol.json")
     ap.add_argument("--log", default=None, help="also log to this file")
     args = ap.parse_args(argv)
 
