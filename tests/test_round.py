@@ -509,3 +509,20 @@ def test_t5_sees_the_cleaned_caption_and_the_reward_the_raw_one(world, tmp_path)
         r.train_step()
     assert set(seen["t5"]) == {t5_caption(raw)} and t5_caption(raw) != raw
     assert set(seen["reward"]) == {raw} and len(seen["reward"]) > 2 * 2 * 4
+
+
+def test_tensorboard_events_hold_the_training_log(world, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    root, cfg = world
+    cfg = copy.deepcopy(cfg)
+    cfg["train"]["tensorboard"] = True
+    run_round(cfg, "ranke", 1, None, root / "tokens_train.parquet", tmp_path / "w", tmp_path / "out",
+              tmp_path / "log.parquet")
+    log = read_parquet(tmp_path / "log.parquet", "train_log")
+    events = EventAccumulator(str(tmp_path / "w" / "tensorboard"))
+    events.Reload()
+    for column in ("reward_mean", "loss_decoder", "kl"):
+        scalars = events.Scalars(f"ranke/{column}")
+        assert [s.step for s in scalars] == log["step"].tolist()
+        assert [s.value for s in scalars] == pytest.approx(log[column].tolist(), rel=1e-6)

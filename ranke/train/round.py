@@ -740,6 +740,7 @@ def _run_rank(cfg, method, round_idx, init_dir, tokens_path, work_dir, out_dir, 
     if d.main:
         log.info("round config: %s", _summary(cfg, runner))
     every = int(cfg["train"].get("checkpoint_every", 0) or 0)
+    board = _tensorboard(runner.work_dir) if d.main and cfg["train"].get("tensorboard") else None
     bar = tqdm(total=runner.n_steps, initial=runner.state.round_steps, desc=f"{method} round {round_idx}",
                disable=not d.main, mininterval=5)
     while runner.state.round_steps < runner.n_steps:
@@ -753,9 +754,18 @@ def _run_rank(cfg, method, round_idx, init_dir, tokens_path, work_dir, out_dir, 
                      row["loss_rank_gan"], row["loss_consistency"], row["loss_reward"], row["tau"],
                      row["grad_norm_policy"], row["grad_norm_decoder"], row["step_time_s"],
                      " ".join(f"{k} {v:.2f}s" for k, v in runner.timings.items()))
+            if board is not None:
+                for key, value in row.items():
+                    if isinstance(value, (int, float)) and math.isfinite(value) and key not in ("step", "round",
+                                                                                               "replicate"):
+                        board.add_scalar(f"{method}/{key}", float(value), global_step=int(row["step"]))
         if every and runner.state.round_steps % every == 0 and runner.state.round_steps < runner.n_steps:
             runner.save_resume()
+            if board is not None:
+                board.flush()
     bar.close()
+    if board is not None:
+        board.close()
     runner.write_outputs(out_dir, log_path)
     d.barrier()
     runner.remove_shards()
@@ -764,6 +774,18 @@ def _run_rank(cfg, method, round_idx, init_dir, tokens_path, work_dir, out_dir, 
         (Path(work_dir) / RESUME_INFO).unlink(missing_ok=True)
         (Path(work_dir) / LIVE_LOG).unlink(missing_ok=True)  # superseded by log_path
         log.info("round done: %s (global step %d)", out_dir, runner.state.step)
+
+
+def _tensorboard(work_dir):
+    """TensorBoard events of this round under work_dir/tensorboard (train.tensorboard)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise RuntimeError("train.tensorboard: true needs the tensorboard package "
+                           "(pip install tensorboard, or pip install '.[tensorboard]')") from e
+    path = Path(work_dir) / "tensorboard"
+    log.info("TensorBoard events: %s", path)
+    return SummaryWriter(log_dir=str(path))
 
 
 def _load_optimizer(opt: torch.optim.Optimizer, sd: dict) -> None:
