@@ -20,6 +20,10 @@ configfile: os.path.join(workflow.basedir, "config.yaml")
 include: "workflow/rules/common.smk"
 
 
+# `snakemake --report report.html`: its front page (workflow/rules/common.smk)
+report: REPORT_FRONT_PAGE
+
+
 wildcard_constraints:
     method="|".join(METHODS),
     seed=r"\d+",

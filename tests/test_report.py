@@ -448,6 +448,16 @@ def test_all_figures_written(study):
     assert not list(study["out"].glob(".tmp-*"))
 
 
+def test_sample_grid_captions_cut_with_an_ellipsis():
+    tile = np.zeros((16, 16, 3), np.uint8)
+    long = "a small red circle at the top left of a large blue square on a striped background " * 3
+    fig = plots.compose_grid({"Base": [tile, tile]}, [long, "a green triangle"])
+    texts = [t.get_text() for t in fig.axes[0].texts if t.get_text() not in ("Base",)]
+    cut, short = texts
+    assert cut.endswith("…") and cut.count("\n") == 3  # four lines, the last one says it was cut
+    assert short == "a green triangle"
+
+
 def test_samples_grid_rows_per_method(study):
     infos = tables.method_infos(study["methods"], set(study["methods"]))
     grids = sorted(study["root"].glob("*/seed_0/round_*/grid.png"))
@@ -650,3 +660,28 @@ def test_latex_tables_compile_in_a_paper_and_fit_its_page(tmp_path):
         text = (out / "paper.txt").read_text()
         assert tricky in text.replace("\n", " ").replace("’", "'"), text[-500:]
         assert "—" not in text and "¡" not in text
+
+
+def test_front_page_renders_as_snakemake_renders_it(study):
+    import jinja2
+    from docutils.core import publish_parts
+
+    text = (study["out"] / "front_page.rst").read_text()
+    # Snakemake appends its link targets (Jinja2) and renders the whole page, then docutils
+    page = jinja2.Environment().from_string(text + "\n.. _Workflow: javascript:show_panel('workflow')\n").render(
+        snakemake=None, categories={}, files=[])
+    parts = publish_parts(page, writer="html", settings_overrides={"report_level": 2, "halt_level": 5})
+    body = parts["html_body"]
+    assert "System Message" not in body and "problematic" not in body, body
+    assert "RankE study: synthetic" in body and "abc123" in body and "ranke " in body
+    main = pd.read_csv(study["out"] / "main_table.csv")
+    assert f"{main.loc[main.method == 'ranke', 'clip_score'].iloc[0]:.2f}" in body  # the main table is on it
+    assert "Policy-only (std. RL)" in body and "Δ RankE − Policy-only (std. RL)" in body
+    assert "<strong>" in body  # the best mean of each column, bold as in the tables
+    # what reStructuredText would read as markup prints as written
+    from ranke.report import front
+
+    tricky = "KL(generated || real), ranke_block_ *x* `y` prefix ''"
+    html = publish_parts(front.rst_escape(tricky), writer="html",
+                         settings_overrides={"report_level": 2, "halt_level": 5})["html_body"]
+    assert "System Message" not in html and "KL(generated || real), ranke_block_ *x* `y`" in html, html

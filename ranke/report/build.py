@@ -25,7 +25,7 @@ import matplotlib as mpl
 import pandas as pd
 
 from ranke.io import atomic_path, read_parquet, write_json, write_text
-from ranke.report import plots, stats, tables
+from ranke.report import front, plots, stats, tables
 from ranke.runtime import code_version, add_config_arguments, config_from_args, setup_logging
 
 log = logging.getLogger("ranke.report")
@@ -37,6 +37,7 @@ OUTPUTS: dict[str, list[str]] = {
     "deltas": ["deltas.csv"],
     "replicates": ["replicates.csv"],
     "protocol": ["protocol.json"],
+    "front_page": ["front_page.rst"],  # the Snakemake report's front page (ranke.report.front)
     "curves": ["curves.png", "curves.pdf"],
     "pareto": ["pareto.png", "pareto.pdf"],
     "code_shift": ["code_shift.png", "code_shift.pdf"],
@@ -154,6 +155,8 @@ def report(
     write_json({**provenance, "confidence": confidence, "protocol": tables.protocol_facts(metrics)},
                out_dir / "protocol.json")
     written["protocol"] = [out_dir / "protocol.json"]
+    write_text(front.front_page(main, infos, provenance), out_dir / "front_page.rst")
+    written["front_page"] = [out_dir / "front_page.rst"]
 
     summary = stats.summarize(metrics, boot, confidence)
     fid_label = _fid_label(metrics)

@@ -431,7 +431,8 @@ def compose_grid(images_by_method: dict[str, list[np.ndarray]], captions: list[s
     cap_h = 0.0
     if captions:
         chars = max(8, int(cell * 72 / 5.5 * 1.7))  # characters per line at 5.5 pt in one cell
-        wrapped = ["\n".join(textwrap.wrap(c, chars)[:4]) for c in captions[:ncol]]
+        # at most 4 lines; a cut caption ends in an ellipsis (a cut without one can change its meaning)
+        wrapped = ["\n".join(textwrap.wrap(c, chars, max_lines=4, placeholder=" …")) for c in captions[:ncol]]
         cap_h = 0.085 * max(c.count("\n") + 1 for c in wrapped) + 0.06
     fig_w, fig_h = label_w + cell * ncol, cap_h + cell * len(rows)
     with mpl.rc_context(STYLE):

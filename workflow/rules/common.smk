@@ -49,6 +49,14 @@ TOKENS = f"{WORLD}/tokens" if DEMO else f"{RESULTS}/tokens"
 TOKEN_LOGS = f"{WORLD_LOGS}/tokenize" if DEMO else f"{LOGS}/tokenize"
 PROMPTS = f"{RESULTS}/prompts.parquet"
 REPORT_DIR = f"{RESULTS}/report"
+# The Snakemake report's front page: written by the report stage (study, what was compared, the
+# main table, code version, config hash); before that, a page that says to run the workflow.
+FRONT_PAGE = f"{REPORT_DIR}/front_page.rst"
+# (absolute: the report stage writes it into the working directory, which need not be the
+# Snakefile's, against which `report:` resolves a relative path)
+REPORT_FRONT_PAGE = (
+    os.path.abspath(FRONT_PAGE) if os.path.exists(FRONT_PAGE) else "workflow/report/workflow.rst"
+)
 # what the report states it was made from: the whole (validated) config
 CONFIG_HASH = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[
     :12

@@ -15,41 +15,56 @@ rule report:
             f"{REPORT_DIR}/main_table.html",
             caption="../report/main_table.rst",
             category="Tables",
+            labels={"table": "main (paper layout)"},
         ),
         main_files=multiext(f"{REPORT_DIR}/main_table", ".md", ".tex", ".note.tex", ".csv"),
         ablation=report(
             f"{REPORT_DIR}/ablation_table.html",
             caption="../report/ablation_table.rst",
             category="Tables",
+            labels={"table": "ablations"},
         ),
         ablation_files=multiext(f"{REPORT_DIR}/ablation_table", ".md", ".tex", ".note.tex", ".csv"),
         rounds=report(
             f"{REPORT_DIR}/rounds_table.html",
             caption="../report/rounds_table.rst",
             category="Tables",
+            labels={"table": "every round"},
         ),
         rounds_files=multiext(f"{REPORT_DIR}/rounds_table", ".md", ".tex", ".note.tex", ".csv"),
         deltas=f"{REPORT_DIR}/deltas.csv",
         replicates=f"{REPORT_DIR}/replicates.csv",
         protocol=f"{REPORT_DIR}/protocol.json",
+        front_page=FRONT_PAGE,
         curves=report(
-            f"{REPORT_DIR}/curves.png", caption="../report/curves.rst", category="Figures"
+            f"{REPORT_DIR}/curves.png",
+            caption="../report/curves.rst",
+            category="Figures",
+            labels={"figure": "metrics over rounds"},
         ),
         pareto=report(
-            f"{REPORT_DIR}/pareto.png", caption="../report/pareto.rst", category="Figures"
+            f"{REPORT_DIR}/pareto.png",
+            caption="../report/pareto.rst",
+            category="Figures",
+            labels={"figure": "FID-CLIP plane"},
         ),
         code_shift=report(
             f"{REPORT_DIR}/code_shift.png",
             caption="../report/code_shift.rst",
             category="Figures",
+            labels={"figure": "code shift"},
         ),
         train_curves=report(
             f"{REPORT_DIR}/train_curves.png",
             caption="../report/train_curves.rst",
             category="Figures",
+            labels={"figure": "training log"},
         ),
         samples=report(
-            f"{REPORT_DIR}/samples.png", caption="../report/samples.rst", category="Figures"
+            f"{REPORT_DIR}/samples.png",
+            caption="../report/samples.rst",
+            category="Figures",
+            labels={"figure": "samples"},
         ),
         pdfs=expand(
             f"{REPORT_DIR}/{{name}}.pdf",
