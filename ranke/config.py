@@ -237,9 +237,52 @@ def missing_assets(config: dict) -> list[str]:
     ]
 
 
+# Checksums the upstream projects publish, by file name: OpenAI's CLIP URL carries the file's
+# sha256; torch.hub-style names end in its first 8 hex digits (torch-fidelity's Inception,
+# torchvision's VGG16). Every other asset has none published: record yours (--checksums).
+PUBLISHED_SHA256 = {
+    "ViT-B-32.pt": "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af",
+}
+PUBLISHED_SHA256_PREFIX = {
+    "weights-inception-2015-12-05-6726825d.pth": "6726825d",
+    "pt_inception-2015-12-05-6726825d.pth": "6726825d",
+    "vgg16-397923af.pth": "397923af",
+}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def asset_checksums(config: dict) -> list[tuple[str, str, str, str]]:
+    """(config key, file, sha256, verdict) for every asset file (each file of a directory asset but
+    the COCO tree); verdict: "published: match", "published: DIFFERS" or "" (none published)."""
+    rows = []
+    for key, path in asset_files(config).items():
+        if path is None or key == "assets.coco_root" or not Path(path).exists():
+            continue
+        path = Path(path)
+        for f in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+            digest = _sha256(f)
+            if f.name in PUBLISHED_SHA256:
+                verdict = "published: " + ("match" if digest == PUBLISHED_SHA256[f.name] else "DIFFERS")
+            elif f.name in PUBLISHED_SHA256_PREFIX:
+                verdict = "published: " + ("match" if digest.startswith(PUBLISHED_SHA256_PREFIX[f.name]) else "DIFFERS")
+            else:
+                verdict = ""
+            rows.append((key, str(f), digest, verdict))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ranke check-assets", description=__doc__)
     p.add_argument("configfiles", nargs="*", help="config files merged over config.yaml")
+    p.add_argument("--checksums", action="store_true",
+                   help="also print every asset file's sha256 (and check it where the upstream publishes one)")
     args = p.parse_args(argv)
     try:
         config = load_config(*args.configfiles)
@@ -251,6 +294,13 @@ def main(argv: list[str] | None = None) -> int:
         print("missing asset files:\n  " + "\n  ".join(missing))
         return 1
     print("configuration valid; all asset files present")
+    if args.checksums:
+        rows = asset_checksums(config)
+        for key, path, digest, verdict in rows:
+            print(f"{digest}  {path}  ({key}{'; ' + verdict if verdict else ''})")
+        if any(verdict.endswith("DIFFERS") for *_, verdict in rows):
+            print("some files differ from the checksum their upstream publishes (see DIFFERS above)")
+            return 1
     return 0
 
 

@@ -7,6 +7,7 @@ here rather than after a queue wait.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -146,3 +147,22 @@ def test_same_seed_same_bytes(tmp_path):
     for f in sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file()):
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
     assert np.asarray(Image.open(next((a / "val2014").iterdir()))).std() > 10
+
+
+def test_check_assets_prints_checksums_and_flags_a_published_one_that_differs(standin_sets, capsys):
+    from ranke import config as config_mod
+
+    cfg = _config("llamagen_xl", standin_sets)
+    rows = config_mod.asset_checksums(cfg)
+    by_key = {}
+    for key, path, digest, verdict in rows:
+        by_key.setdefault(key, []).append((Path(path).name, digest, verdict))
+        assert len(digest) == 64 and digest == hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    # one row per file, directory assets (FLAN-T5) file by file
+    assert len(by_key["assets.text_encoder.path"]) > 1 and len(by_key["assets.gpt.checkpoint"]) == 1
+    # the stand-in OpenAI ViT-B/32 has random weights: it cannot match OpenAI's published sha256
+    (clip,) = by_key["assets.clip.weights"]
+    assert clip[0] == "ViT-B-32.pt" and clip[2] == "published: DIFFERS"
+    assert config_mod.main([str(STUDIES["llamagen_xl"]), str(standin_sets("llamagen_xl")[1]), "--checksums"]) == 1
+    out = capsys.readouterr().out
+    assert f"{clip[1]}  " in out and "DIFFERS" in out
