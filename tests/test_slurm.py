@@ -168,7 +168,9 @@ def test_snakemake_profile_slurm_runs_rules_as_jobs(slurm_cluster, tmp_path):
     subprocess.run([sys.executable, "-m", "ranke", "install-profile"], env=env, check=True, capture_output=True)
 
     t0 = time.monotonic()
-    proc = run_bounded([SNAKEMAKE, "--profile", "slurm"], timeout=240, cwd=work, env=env, log=tmp_path / "run1.log")
+    # no retry (the profile's retries: 1 would submit the failing group a second time)
+    proc = run_bounded([SNAKEMAKE, "--profile", "slurm", "--retries", "0"], timeout=240, cwd=work, env=env,
+                       log=tmp_path / "run1.log")
     timings = {"run_1_s": time.monotonic() - t0}
     out = proc.stdout
     # the job group failed (flaky), and was named; everything else ran

@@ -131,7 +131,9 @@ if DEMO:
             f"{LOGS}/demo/quality.log",
         conda:
             CONDA_ENV
-        threads: 2
+        # seconds of work, mostly imports: one thread, so that it runs beside the report (or a
+        # score) instead of after it, at the end of the critical path
+        threads: 1
         resources:
             **scheduler_extras("demo_train"),
             runtime=res("demo_train", "runtime"),
