@@ -118,32 +118,24 @@ def report(
              0 if boot is None else len(boot))
     written: dict[str, list[Path]] = {}
 
-    def write_table(name: str, table, render: dict) -> None:
+    def write_table(name: str, table) -> None:
+        render = tables.table_files(name)
         for fname in OUTPUTS[name]:
             write_text(render[fname[len(name) + 1:]](table), out_dir / fname)  # md, tex, note.tex, ...
         written[name] = [out_dir / n for n in OUTPUTS[name]]
 
     main = tables.main_table(metrics, methods, boot, confidence=confidence, rl_reference=refs["rl_reference"],
                              provenance=provenance)
-    write_table("main_table", main, {
-        "md": tables.main_table_markdown, "tex": tables.main_table_latex,
-        "note.tex": tables.main_table_latex_note, "csv": tables.main_table_csv, "html": tables.main_table_html,
-    })
+    write_table("main_table", main)
     log.info("main table:\n%s", tables.main_table_markdown(main))
 
     ablation = tables.ablation_table(metrics, methods, boot, confidence=confidence,
                                      ablation_reference=refs["ablation_reference"], provenance=provenance)
-    write_table("ablation_table", ablation, {
-        "md": tables.ablation_table_markdown, "tex": tables.ablation_table_latex,
-        "note.tex": tables.ablation_table_latex_note, "csv": tables.ablation_table_csv, "html": tables.ablation_table_html,
-    })
+    write_table("ablation_table", ablation)
     log.info("ablation table:\n%s", tables.ablation_table_markdown(ablation))
 
     rounds = tables.rounds_table(metrics, methods, boot, confidence=confidence)
-    write_table("rounds_table", rounds, {
-        "md": tables.rounds_table_markdown, "tex": tables.rounds_table_latex,
-        "note.tex": tables.rounds_table_latex_note, "csv": tables.rounds_table_csv, "html": tables.rounds_table_html,
-    })
+    write_table("rounds_table", rounds)
 
     comparisons = tables.comparisons(metrics, methods, **refs)
     deltas = tables.deltas_frame(metrics, boot, comparisons, confidence)

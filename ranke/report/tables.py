@@ -691,18 +691,6 @@ def main_table_markdown(t: MainTable) -> str:
     return render(main_grid(t), "md")
 
 
-def main_table_latex(t: MainTable) -> str:
-    return render(main_grid(t, paper=True), "tex")
-
-
-def main_table_latex_note(t: MainTable) -> str:
-    return latex_note(main_grid(t).note)
-
-
-def main_table_html(t: MainTable) -> str:
-    return render(main_grid(t), "html", title="Main table")
-
-
 def main_table_csv(t: MainTable) -> str:
     cols = ["method", "label", "mode", "decoder", "round", "step", "replicates"]
     cols += [f"{m}{s}" for m in t.metrics for s in ("", "_lo", "_hi")]
@@ -828,18 +816,6 @@ def ablation_table_markdown(t: AblationTable) -> str:
     return render(ablation_grid(t), "md")
 
 
-def ablation_table_latex(t: AblationTable) -> str:
-    return render(ablation_grid(t, paper=True), "tex")
-
-
-def ablation_table_latex_note(t: AblationTable) -> str:
-    return latex_note(ablation_grid(t, paper=True).note)
-
-
-def ablation_table_html(t: AblationTable) -> str:
-    return render(ablation_grid(t), "html", title="Ablation table")
-
-
 def ablation_table_csv(t: AblationTable) -> str:
     return t.rows.assign(reference=t.reference or "").to_csv(index=False)
 
@@ -957,18 +933,6 @@ def rounds_table_markdown(t: RoundsTable) -> str:
     return render(rounds_grid(t), "md")
 
 
-def rounds_table_latex(t: RoundsTable) -> str:
-    return render(rounds_grid(t, paper=True), "tex")
-
-
-def rounds_table_latex_note(t: RoundsTable) -> str:
-    return latex_note(rounds_grid(t, paper=True).note)
-
-
-def rounds_table_html(t: RoundsTable) -> str:
-    return render(rounds_grid(t), "html", title="Per-round table")
-
-
 def rounds_table_csv(t: RoundsTable) -> str:
     cols = ["method", "label", "round", "step", "replicates"] + [f"{m}{s}" for m in t.metrics
                                                                  for s in ("", "_lo", "_hi")]
@@ -977,6 +941,23 @@ def rounds_table_csv(t: RoundsTable) -> str:
 
 # ----------------------------------------------------------------------------------------------
 # Rendering
+
+
+def table_files(kind: str) -> dict:
+    """The files of one table (main_table, ablation_table, rounds_table): {suffix: table -> text}.
+    LaTeX is the paper version of the grid (see each *_grid), its note a file of its own."""
+    grid_of, title, csv = {
+        "main_table": (main_grid, "Main table", main_table_csv),
+        "ablation_table": (ablation_grid, "Ablation table", ablation_table_csv),
+        "rounds_table": (rounds_grid, "Per-round table", rounds_table_csv),
+    }[kind]
+    return {
+        "md": lambda t: render(grid_of(t), "md"),
+        "tex": lambda t: render(grid_of(t, paper=True), "tex"),
+        "note.tex": lambda t: latex_note(grid_of(t, paper=True).note),
+        "csv": csv,
+        "html": lambda t: render(grid_of(t), "html", title=title),
+    }
 
 
 @dataclass
@@ -1070,9 +1051,9 @@ def html_table(title: str, header: list[str], body: list[list[str]], align: list
 __all__ = [
     "METRICS", "MAIN_METRICS", "METHOD_LABELS", "MethodInfo", "MainTable", "AblationTable", "RoundsTable",
     "method_infos", "load_metrics", "load_bootstrap", "load_train_logs", "final_rounds", "summary_wide",
-    "Grid", "render", "latex_escape", "latex_number", "latex_cell", "latex_note", "headers", "header_text", "fid_space",
-    "main_table", "main_grid", "main_table_markdown", "main_table_latex", "main_table_latex_note", "main_table_csv", "main_table_html",
-    "ablation_table", "ablation_table_markdown", "ablation_table_latex", "ablation_table_latex_note", "ablation_table_csv",
-    "ablation_table_html", "rounds_table", "rounds_table_markdown", "rounds_table_latex", "rounds_table_latex_note", "rounds_table_csv",
-    "rounds_table_html", "deltas_frame", "comparisons", "protocol_footnote", "protocol_facts",
+    "Grid", "render", "table_files", "latex_escape", "latex_number", "latex_cell", "latex_note", "headers",
+    "header_text", "fid_space", "main_table", "main_grid", "main_table_markdown", "main_table_csv",
+    "ablation_table", "ablation_grid", "ablation_table_markdown", "ablation_table_csv", "rounds_table",
+    "rounds_grid", "rounds_table_markdown", "rounds_table_csv", "deltas_frame", "comparisons",
+    "protocol_footnote", "protocol_facts",
 ]
