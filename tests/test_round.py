@@ -526,3 +526,50 @@ def test_tensorboard_events_hold_the_training_log(world, tmp_path):
         scalars = events.Scalars(f"ranke/{column}")
         assert [s.step for s in scalars] == log["step"].tolist()
         assert [s.value for s in scalars] == pytest.approx(log[column].tolist(), rel=1e-6)
+
+
+def _average_on_two_ranks(rank, port, tmp, bucket_bytes) -> None:
+    """One of two gloo ranks: grads of 5 parameters (rank 1 has none for the third; neither for the
+    last), averaged in buckets of `bucket_bytes`; saves the grads and the number of all-reduces."""
+    import torch.distributed as dist
+
+    from ranke.train.round import Dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    calls = {"n": 0}
+    real = dist.all_reduce
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    dist.all_reduce = counted
+    try:
+        shapes = [(3, 4), (5,), (2, 2), (7,), (3,)]
+        params = [torch.nn.Parameter(torch.zeros(s)) for s in shapes]
+        for i, p in enumerate(params[:4]):
+            if not (rank == 1 and i == 2):
+                p.grad = torch.full(p.shape, float(10 * i + rank + 1))
+        Dist(rank, 2).average_grads(params, bucket_bytes=bucket_bytes)
+        torch.save({"grads": [None if p.grad is None else p.grad.clone() for p in params], "calls": calls["n"]},
+                   tmp / f"rank{rank}.pt")
+    finally:
+        dist.all_reduce = real
+        dist.destroy_process_group()
+
+
+def test_grad_all_reduce_is_bucketed_and_a_missing_grad_counts_as_zero(tmp_path):
+    import torch.multiprocessing as mp
+
+    bucket_bytes = 12 * 4  # 12 floats: the 12, 5 + 4 and 7 gradient entries make three buckets
+    mp.start_processes(_average_on_two_ranks, args=(round_mod._free_port(), tmp_path, bucket_bytes), nprocs=2,
+                       join=True, start_method="spawn")
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    expected = [(10 * i + 1 + 10 * i + 2) / 2 for i in range(4)]
+    expected[2] = (21 + 0) / 2  # rank 1 had no gradient for it: it contributed zeros, nobody waited
+    for grads in (r0["grads"], r1["grads"]):
+        for i, value in enumerate(expected):
+            assert torch.equal(grads[i], torch.full(grads[i].shape, value)), (i, grads[i])
+        assert grads[4] is None  # no rank had one: it stays without (the optimizer skips it)
+    # one agreement on which parameters have gradients, then one all-reduce per bucket, not one flat copy
+    assert r0["calls"] == r1["calls"] == 1 + 3, r0["calls"]

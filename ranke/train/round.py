@@ -201,6 +201,10 @@ def _fingerprint(cfg: dict, method: str, round_idx: int, init_dir, tokens_path) 
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+# Gradient all-reduce bucket (Dist.average_grads): DDP's default size.
+GRAD_BUCKET_BYTES = 25 * 2**20
+
+
 @dataclass
 class Dist:
     rank: int = 0
@@ -210,13 +214,37 @@ class Dist:
     def main(self) -> bool:
         return self.rank == 0
 
-    def average_grads(self, params) -> None:
+    def average_grads(self, params, bucket_bytes: int = GRAD_BUCKET_BYTES) -> None:
+        """Each parameter's gradient becomes its mean over the ranks.
+
+        In buckets of about `bucket_bytes` (one all-reduce each, as DDP does): a flat copy of the
+        whole gradient would cost another 3 GB for GPT-XL in fp32. Every rank must join every
+        collective with the same shapes, so the ranks first agree which parameters have a gradient
+        on any rank: where one rank has none (a parameter its batch did not reach) it contributes
+        zeros instead of leaving the others waiting; a parameter no rank has a gradient for keeps
+        none (the optimizer skips it, as on one rank)."""
         if self.world_size == 1:
             return
-        grads = [p.grad for p in params if p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        params = list(params)
+        has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=self._comm_device())
+        dist.all_reduce(has, op=dist.ReduceOp.MAX)
+        reduced = [p for p, any_rank in zip(params, has.tolist()) if any_rank]
+        for p in reduced:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        bucket, size = [], 0
+        for p in reduced:
+            if bucket and (size + p.grad.numel() * p.grad.element_size() > bucket_bytes
+                           or p.grad.dtype != bucket[0].dtype or p.grad.device != bucket[0].device):
+                self._reduce_bucket(bucket)
+                bucket, size = [], 0
+            bucket.append(p.grad)
+            size += p.grad.numel() * p.grad.element_size()
+        if bucket:
+            self._reduce_bucket(bucket)
+
+    def _reduce_bucket(self, grads: list[torch.Tensor]) -> None:
+        flat = torch.cat([g.reshape(-1) for g in grads]) if len(grads) > 1 else grads[0].reshape(-1).clone()
         dist.all_reduce(flat)
         flat /= self.world_size
         i = 0
