@@ -166,6 +166,37 @@ def cross_key_problems(config: dict) -> list[str]:
                 f"assets.gpt.arch: preset {arch['preset']} fixes {', '.join(GPT_PRESET_SIZE_KEYS)}, but "
                 f"{explicit} is set too (a study file is merged over config.yaml, so the demo's sizes are "
                 f"inherited unless the study sets them to null)")
+    problems += _joint_job_problems(config)
+    return problems
+
+
+# Scheduler settings a site may need (QOS, node features such as a GPU type, any other sbatch
+# flag), per rule group of `resources`: passed to the SLURM executor only where set, since the
+# plugin turns an empty value into an empty flag (`-C ''`). A group's own value wins over
+# `default`'s; null (what the schema fills in) means "not set here".
+SCHEDULER_EXTRAS = ("qos", "constraint", "slurm_extra")
+
+
+def scheduler_extras(config: dict, group: str) -> dict:
+    table = config.get("resources") or {}
+    own, default = table.get(group) or {}, table.get("default") or {}
+    picked = {key: own.get(key) if own.get(key) is not None else default.get(key) for key in SCHEDULER_EXTRAS}
+    return {key: value for key, value in picked.items() if value is not None}
+
+
+def _joint_job_problems(config: dict) -> list[str]:
+    """The resource groups whose rules the workflow submits as one SLURM job (its job groups,
+    workflow/rules/common.smk) must ask for the same scheduler settings: a round's sample + score
+    always; in the demo the world (default, demo_train, tokenize)."""
+    joint = [["sample", "score"]]
+    if (config.get("demo") or {}).get("enabled"):
+        joint.append(["default", "demo_train", "tokenize"])
+    problems = []
+    for groups in joint:
+        if len({json.dumps(scheduler_extras(config, g), sort_keys=True) for g in groups}) > 1:
+            problems.append(
+                f"resources: {', '.join(groups)} run as one job, so their {'/'.join(SCHEDULER_EXTRAS)} must "
+                "agree; got " + "; ".join(f"{g}: {scheduler_extras(config, g) or 'none'}" for g in groups))
     return problems
 
 
@@ -250,24 +281,18 @@ PUBLISHED_SHA256_PREFIX = {
 }
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def asset_checksums(config: dict) -> list[tuple[str, str, str, str]]:
     """(config key, file, sha256, verdict) for every asset file (each file of a directory asset but
     the COCO tree); verdict: "published: match", "published: DIFFERS" or "" (none published)."""
+    from ranke.io import sha256_file  # (pandas / pyarrow: not at the workflow's parse time)
+
     rows = []
     for key, path in asset_files(config).items():
         if path is None or key == "assets.coco_root" or not Path(path).exists():
             continue
         path = Path(path)
         for f in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
-            digest = _sha256(f)
+            digest = sha256_file(f)
             if f.name in PUBLISHED_SHA256:
                 verdict = "published: " + ("match" if digest == PUBLISHED_SHA256[f.name] else "DIFFERS")
             elif f.name in PUBLISHED_SHA256_PREFIX:

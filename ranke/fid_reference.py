@@ -32,7 +32,14 @@ from tqdm import tqdm
 
 from ranke.config import configured_fid_protocol, reference_key_from_config, reference_settings
 from ranke.io import save_torch, sha256_file
-from ranke.runtime import log_environment, add_config_arguments, config_from_args, resolve_device, set_threads, setup_logging
+from ranke.runtime import (
+    add_config_arguments,
+    config_from_args,
+    log_environment,
+    resolve_device,
+    set_threads,
+    setup_logging,
+)
 
 log = logging.getLogger("ranke.fid_reference")
 
@@ -123,8 +130,7 @@ def compute_reference(cfg: dict, device=None, *, batch_size: int | None = None, 
     feats = []
     with torch.inference_mode():
         for idx, images, errors in tqdm(loader, desc="fid-reference", unit="batch", mininterval=10):
-            good = torch.tensor([not bad.check(e, dataset.root / files[i]) for i, e in zip(idx.tolist(), errors)],
-                                dtype=torch.bool)
+            good = bad.keep(idx, errors, dataset)
             if good.any():
                 feats.append(extractor.features(images[good]))
     bad.finish(len(files), need=2)

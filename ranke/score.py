@@ -37,11 +37,11 @@ from tqdm import tqdm
 
 from ranke import io
 from ranke.runtime import (
+    add_config_arguments,
     autocast,
     autocast_dtype,
-    log_environment,
-    add_config_arguments,
     config_from_args,
+    log_environment,
     resolve_device,
     set_threads,
     setup_logging,

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ranke import io
 from ranke.data import coco
-from ranke.runtime import log_environment, add_config_arguments, config_from_args, resolve_device, setup_logging
+from ranke.runtime import add_config_arguments, config_from_args, log_environment, resolve_device, setup_logging
 
 log = logging.getLogger("ranke.tokenize")
 
@@ -59,8 +59,9 @@ def tokenize_split(cfg: dict, split: str, out_path: str | Path, num_workers: int
         split, len(table), root, size, vq_path, vq_sha[:12], device, num_workers,
     )
 
+    images = coco.CocoImages(root, table["file"].tolist(), size, coco.GT, errors=True)
     loader = torch.utils.data.DataLoader(
-        coco.CocoImages(root, table["file"].tolist(), size, coco.GT, errors=True),
+        images,
         batch_size=batch_size,
         num_workers=num_workers,
         shuffle=False,
@@ -68,12 +69,11 @@ def tokenize_split(cfg: dict, split: str, out_path: str | Path, num_workers: int
     codes: list[np.ndarray | None] = [None] * len(table)
     t0 = time.time()
     with torch.inference_mode():
-        for idx, images, errors in tqdm(loader, desc=f"tokenize {split}", mininterval=10):
-            good = torch.tensor([not bad.check(e, root / table["file"].iloc[i]) for i, e in zip(idx.tolist(), errors)],
-                                dtype=torch.bool)
+        for idx, pixels, errors in tqdm(loader, desc=f"tokenize {split}", mininterval=10):
+            good = bad.keep(idx, errors, images)
             if not good.any():
                 continue
-            batch = coco.to_float(images[good]).to(device)
+            batch = coco.to_float(pixels[good]).to(device)
             out = backbone.tokenize(vq, batch).cpu().numpy().astype(np.int32)
             for i, c in zip(idx[good].tolist(), out):
                 codes[i] = c

@@ -31,7 +31,7 @@ def snakemake_processes(directory: Path) -> list[tuple[int, str]]:
             continue
         try:
             argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            if not any(Path(a).name == "snakemake" or a.endswith("/snakemake") or a == "snakemake" for a in argv[:3]):
+            if not any(Path(a).name == "snakemake" for a in argv[:3]):  # the program, or python's script
                 continue
             workdir = Path(os.readlink(proc / "cwd"))
         except (OSError, ValueError):

@@ -266,12 +266,11 @@ def to_rgb(img: Image.Image, path: str | os.PathLike = "<image>") -> Image.Image
         except (ImageCms.PyCMSError, OSError, ValueError) as e:
             raise ImageReadError(f"{path}: CMYK image with an unusable ICC profile: {e}") from e
     if mode == "P" and "transparency" in img.info:
-        img, mode = img.convert("RGBA"), "P with transparency"
-    if mode in _ALPHA or mode == "P with transparency":
-        if mode not in _warned_modes:
-            _warned_modes.add(mode)
-            log.warning("%s: image mode %s: its alpha channel is dropped (upstream's convert('RGB')); "
-                        "further images of this mode are not logged", path, mode)
+        mode = "P with transparency"
+    if (mode in _ALPHA or mode == "P with transparency") and mode not in _warned_modes:
+        _warned_modes.add(mode)
+        log.warning("%s: image mode %s: its alpha channel is dropped (upstream's convert('RGB')); "
+                    "further images of this mode are not logged", path, mode)
     try:
         return img.convert("RGB")
     except ValueError as e:  # a mode PIL cannot convert (e.g. LAB)
@@ -378,6 +377,14 @@ class BadImages:
         log.warning("%s: skipping bad image: %s", self.where, error)
         self.skipped.append(str(file))
         return True
+
+    def keep(self, idx, errors, dataset: CocoImages):
+        """Bool mask of a loader batch of `dataset` (CocoImages with errors=True): its readable
+        images; each unreadable one goes through check (its path is built only then)."""
+        import torch
+
+        return torch.tensor([not (e and self.check(e, dataset.root / dataset.files[i]))
+                             for i, e in zip(idx.tolist(), errors)], dtype=torch.bool)
 
     def finish(self, total: int, *, need: int = 1) -> None:
         """Log the count of skipped images; raise if fewer than `need` were left."""

@@ -33,7 +33,14 @@ import torch
 
 from ranke import io
 from ranke.data import coco
-from ranke.runtime import log_environment, add_config_arguments, config_from_args, resolve_device, set_threads, setup_logging
+from ranke.runtime import (
+    add_config_arguments,
+    config_from_args,
+    log_environment,
+    resolve_device,
+    set_threads,
+    setup_logging,
+)
 
 log = logging.getLogger("ranke.demo.quality")
 

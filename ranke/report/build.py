@@ -1,6 +1,7 @@
 """Stage `report`: every table and figure of the study, from the score and round outputs.
 
-    python -m ranke report --config FILE.json (study, methods, replicates, report) --config-hash H --metrics results/demo/*/seed_*/round_*/metrics.parquet
+    python -m ranke report --config FILE.json (study, methods, replicates, report) --config-hash H
+        --metrics results/demo/*/seed_*/round_*/metrics.parquet
         --bootstrap results/demo/*/seed_*/round_*/bootstrap.parquet
         --train-logs results/demo/*/seed_*/round_*/train_log.parquet
         [--grids results/demo/*/seed_0/round_*/grid.png] [--prompts results/demo/prompts.parquet]
@@ -26,14 +27,12 @@ import pandas as pd
 
 from ranke.io import atomic_path, read_parquet, write_json, write_text
 from ranke.report import front, plots, stats, tables
-from ranke.runtime import code_version, add_config_arguments, config_from_args, setup_logging
+from ranke.runtime import add_config_arguments, code_version, config_from_args, setup_logging
 
 log = logging.getLogger("ranke.report")
 
 OUTPUTS: dict[str, list[str]] = {
-    "main_table": ["main_table.md", "main_table.tex", "main_table.note.tex", "main_table.csv", "main_table.html"],
-    "ablation_table": ["ablation_table.md", "ablation_table.tex", "ablation_table.note.tex", "ablation_table.csv", "ablation_table.html"],
-    "rounds_table": ["rounds_table.md", "rounds_table.tex", "rounds_table.note.tex", "rounds_table.csv", "rounds_table.html"],
+    **{name: [f"{name}.{suffix}" for suffix in tables.TABLE_FILES] for name in tables.TABLES},
     "deltas": ["deltas.csv"],
     "replicates": ["replicates.csv"],
     "protocol": ["protocol.json"],
@@ -119,9 +118,8 @@ def report(
     written: dict[str, list[Path]] = {}
 
     def write_table(name: str, table) -> None:
-        render = tables.table_files(name)
-        for fname in OUTPUTS[name]:
-            write_text(render[fname[len(name) + 1:]](table), out_dir / fname)  # md, tex, note.tex, ...
+        for suffix, render in tables.table_files(name).items():
+            write_text(render(table), out_dir / f"{name}.{suffix}")
         written[name] = [out_dir / n for n in OUTPUTS[name]]
 
     main = tables.main_table(metrics, methods, boot, confidence=confidence, rl_reference=refs["rl_reference"],

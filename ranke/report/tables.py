@@ -943,9 +943,13 @@ def rounds_table_csv(t: RoundsTable) -> str:
 # Rendering
 
 
+TABLES = ("main_table", "ablation_table", "rounds_table")
+TABLE_FILES = ("md", "tex", "note.tex", "csv", "html")  # the suffixes of each table's files
+
+
 def table_files(kind: str) -> dict:
-    """The files of one table (main_table, ablation_table, rounds_table): {suffix: table -> text}.
-    LaTeX is the paper version of the grid (see each *_grid), its note a file of its own."""
+    """The files of one table (TABLES): {suffix (TABLE_FILES): table -> text}. LaTeX is the paper
+    version of the grid (see each *_grid), its note a file of its own."""
     grid_of, title, csv = {
         "main_table": (main_grid, "Main table", main_table_csv),
         "ablation_table": (ablation_grid, "Ablation table", ablation_table_csv),
@@ -1023,7 +1027,7 @@ def latex_tabular(grid: Grid) -> str:
 
 
 def latex_note(note: str) -> str:
-    r"""The table's note for a caption or a footnote, e.g. \caption{... \input{main_table.note.tex}}."""
+    r"""The table's note for a caption or a footnote, e.g. \caption{... \protect\input{main_table.note.tex}}."""
     return latex_escape(note) + "%\n"
 
 
@@ -1051,7 +1055,7 @@ def html_table(title: str, header: list[str], body: list[list[str]], align: list
 __all__ = [
     "METRICS", "MAIN_METRICS", "METHOD_LABELS", "MethodInfo", "MainTable", "AblationTable", "RoundsTable",
     "method_infos", "load_metrics", "load_bootstrap", "load_train_logs", "final_rounds", "summary_wide",
-    "Grid", "render", "table_files", "latex_escape", "latex_number", "latex_cell", "latex_note", "headers",
+    "Grid", "render", "TABLES", "TABLE_FILES", "table_files", "latex_escape", "latex_number", "latex_cell", "latex_note", "headers",
     "header_text", "fid_space", "main_table", "main_grid", "main_table_markdown", "main_table_csv",
     "ablation_table", "ablation_grid", "ablation_table_markdown", "ablation_table_csv", "rounds_table",
     "rounds_grid", "rounds_table_markdown", "rounds_table_csv", "deltas_frame", "comparisons",

@@ -35,7 +35,8 @@ from pathlib import Path
 
 import submitit
 
-from ranke.runtime import log_environment, add_config_arguments, config_from_args, setup_logging
+from ranke.runtime import add_config_arguments, config_from_args, log_environment, setup_logging
+from ranke.train import RESUME_FILE, RESUME_INFO
 
 log = logging.getLogger("ranke.train.launch")
 
@@ -294,16 +295,16 @@ def _sacct_state_and_exit(job) -> tuple[str, str]:
 
 
 def resume_point(work_dir) -> str:
-    """What a rerun of the same command resumes from (work_dir/resume.json, written with resume.pt)."""
+    """What a rerun of the same command resumes from (RESUME_INFO, written with RESUME_FILE)."""
     if work_dir is None:
         return "rerun the same command to resume"
-    info_path = Path(work_dir) / "resume.json"
+    info_path = Path(work_dir) / RESUME_INFO
     try:
         info = json.loads(info_path.read_text())
     except (OSError, ValueError):
         return (f"no resume checkpoint in {work_dir}: rerunning the same command starts the round again from "
                 "its first step")
-    return (f"rerunning the same command resumes from {Path(work_dir) / 'resume.pt'} (global step "
+    return (f"rerunning the same command resumes from {Path(work_dir) / RESUME_FILE} (global step "
             f"{info.get('global_step')}, {info.get('steps_done')} of {info.get('steps')} steps of this round done, "
             f"written {info.get('written_at')})")
 

@@ -65,6 +65,7 @@ from tqdm import tqdm
 
 from ranke.io import SCHEMAS, atomic_path, read_parquet, save_torch, write_json, write_parquet
 from ranke.runtime import autocast, autocast_dtype, resolve_device
+from ranke.train import LIVE_LOG, RESUME_FILE, RESUME_INFO
 from ranke.train.decoder import (
     consistency_loss,
     lasc_loss,
@@ -81,11 +82,6 @@ from ranke.train.rollout import TrainData, generate_rollouts, rollout_seeds, sco
 
 log = logging.getLogger("ranke.train.round")
 
-RESUME_FILE = "resume.pt"
-RESUME_INFO = "resume.json"  # the step of resume.pt, readable without torch (ranke.train.launch)
-# The training log so far, rewritten at every checkpoint: a round runs for hours on a cluster, and
-# the round's train_log.parquet (an output) appears only when it ends.
-LIVE_LOG = "train_log.parquet"
 DECODER_SYNCS = ("local", "global")
 LASC_CODEBOOKS = ("normalized", "raw")
 LOG_COLUMNS = SCHEMAS["train_log"].names
@@ -234,12 +230,13 @@ class Dist:
                 p.grad = torch.zeros_like(p)
         bucket, size = [], 0
         for p in reduced:
-            if bucket and (size + p.grad.numel() * p.grad.element_size() > bucket_bytes
-                           or p.grad.dtype != bucket[0].dtype or p.grad.device != bucket[0].device):
+            nbytes = p.grad.numel() * p.grad.element_size()
+            if bucket and (size + nbytes > bucket_bytes or p.grad.dtype != bucket[0].dtype
+                           or p.grad.device != bucket[0].device):
                 self._reduce_bucket(bucket)
                 bucket, size = [], 0
             bucket.append(p.grad)
-            size += p.grad.numel() * p.grad.element_size()
+            size += nbytes
         if bucket:
             self._reduce_bucket(bucket)
 
@@ -783,10 +780,7 @@ def _run_rank(cfg, method, round_idx, init_dir, tokens_path, work_dir, out_dir, 
                      row["grad_norm_policy"], row["grad_norm_decoder"], row["step_time_s"],
                      " ".join(f"{k} {v:.2f}s" for k, v in runner.timings.items()))
             if board is not None:
-                for key, value in row.items():
-                    if isinstance(value, (int, float)) and math.isfinite(value) and key not in ("step", "round",
-                                                                                               "replicate"):
-                        board.add_scalar(f"{method}/{key}", float(value), global_step=int(row["step"]))
+                _add_scalars(board, method, row)
         if every and runner.state.round_steps % every == 0 and runner.state.round_steps < runner.n_steps:
             runner.save_resume()
             if board is not None:
@@ -814,6 +808,14 @@ def _tensorboard(work_dir):
     path = Path(work_dir) / "tensorboard"
     log.info("TensorBoard events: %s", path)
     return SummaryWriter(log_dir=str(path))
+
+
+def _add_scalars(board, method: str, row: dict) -> None:
+    """One training-log row as TensorBoard scalars (its numbers, not its bookkeeping)."""
+    for key, value in row.items():
+        if key in ("step", "round", "replicate") or not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        board.add_scalar(f"{method}/{key}", float(value), global_step=int(row["step"]))
 
 
 def _load_optimizer(opt: torch.optim.Optimizer, sd: dict) -> None:

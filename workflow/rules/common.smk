@@ -5,7 +5,14 @@ import json
 import os
 from pathlib import Path
 
-from ranke.config import ConfigError, codebook_size, method_train, missing_assets, validate_config
+from ranke.config import (
+    ConfigError,
+    codebook_size,
+    method_train,
+    missing_assets,
+    validate_config,
+)
+from ranke.config import scheduler_extras as config_scheduler_extras
 
 # The one validation path (ranke.config.validate_config, also what tests and `python -m ranke
 # check-assets` use): the schema, its defaults filled in, then every constraint between keys, each
@@ -166,35 +173,9 @@ def res(group, key):
     return table.get(group, default).get(key, default[key])
 
 
-# Scheduler settings a site may need (QOS, node features such as a GPU type, any other sbatch
-# flag): passed to the SLURM executor only where set, since the plugin turns an empty value into
-# an empty flag (`-C ''`). A group's own value wins over `default`'s.
-SCHEDULER_EXTRAS = ("qos", "constraint", "slurm_extra")
-
-
 def scheduler_extras(group):
-    table = config.get("resources", {})
-    own, default = table.get(group, {}), table.get("default", {})
-    picked = {
-        key: own.get(key) if own.get(key) is not None else default.get(key)
-        for key in SCHEDULER_EXTRAS
-    }
-    return {key: value for key, value in picked.items() if value is not None}
-
-
-# A job group is one SLURM job, so its rules must ask for the same QOS, features and flags:
-# a round's sample + score always; in the demo the world (default, demo_train, tokenize).
-def _check_grouped_extras(groups):
-    if len({json.dumps(scheduler_extras(g), sort_keys=True) for g in groups}) > 1:
-        raise WorkflowError(
-            f"resources: {', '.join(groups)} run as one job, so their {'/'.join(SCHEDULER_EXTRAS)} "
-            f"must agree; got " + "; ".join(f"{g}: {scheduler_extras(g) or 'none'}" for g in groups)
-        )
-
-
-_check_grouped_extras(["sample", "score"])
-if DEMO:
-    _check_grouped_extras(["default", "demo_train", "tokenize"])
+    """qos / constraint / slurm_extra of a rule group, only those set (ranke.config)."""
+    return config_scheduler_extras(config, group)
 
 
 # ---------------------------------------------------------------------------------------------
